@@ -1,0 +1,92 @@
+"""Checkpoints: written atomically, read without executing code, understood in the original's format.
+
+A checkpoint is a dict of plain types (loads with ``torch.load(..., weights_only=True)``):
+``epoch`` (the step, as the original named it), ``model_state_dict`` (unwrapped: no ``module.`` or
+compile prefixes), ``optimizer_state_dict``, ``scheduler_state_dict``, ``sigma``, ``args``
+(``vars()`` of the training command line) and RNG states. Checkpoints of the original
+implementation hold only ``epoch`` and ``model_state_dict`` (keys possibly prefixed ``module.``).
+"""
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from models.scene import ModelConfig, SceneModel, clean_state_dict
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint; the message names the file."""
+
+
+def save_checkpoint(payload: dict, path) -> None:
+    """Write ``payload`` to ``path`` atomically: temp file in the same directory, fsync, rename.
+
+    If anything fails (a full disk, say) the temp file is removed and any previous file at ``path``
+    is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException as error:
+        Path(temp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise OSError(error.errno, f"could not write checkpoint {path} ({error.strerror}); "
+                                       f"the previous checkpoints are intact") from error
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint dict safely; ``CheckpointError`` naming the file if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
+                              f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    if not isinstance(payload, dict) or "model_state_dict" not in payload:
+        raise CheckpointError(f"{path} is not a checkpoint: no model_state_dict in it")
+    payload["model_state_dict"] = clean_state_dict(payload["model_state_dict"])
+    return payload
+
+
+def load_model_state(model: SceneModel, state_dict: dict, path="checkpoint") -> None:
+    """Load weights, with one clear error if the checkpoint's architecture differs from the model's."""
+    expected = model.state_dict()
+    mismatched = [key for key in expected if key in state_dict and state_dict[key].shape != expected[key].shape]
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if mismatched or missing or unexpected:
+        details = "; ".join(part for part in (
+            f"shape differs for {mismatched[:3]}" if mismatched else "",
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {unexpected[:3]}" if unexpected else "") if part)
+        raise CheckpointError(f"{path} does not fit this model ({details}): check --baseline, --img_size "
+                              f"and the other model flags")
+    model.load_state_dict(state_dict)
+
+
+def model_from_checkpoint(path, device="cpu"):
+    """(model in eval mode, checkpoint dict) from a checkpoint this project wrote."""
+    checkpoint = load_checkpoint(path)
+    if "args" not in checkpoint:
+        raise CheckpointError(f"{path} has no saved args (an original-format checkpoint?): "
+                              f"resume it with train_scene_rendering.py --saved_model instead")
+    model = SceneModel(ModelConfig.from_args(checkpoint["args"]))
+    load_model_state(model, checkpoint["model_state_dict"], path)
+    return model.to(device).eval(), checkpoint

@@ -1,0 +1,151 @@
+"""Hotels: k x k distinct mazes side by side in one world, and the batches a training step sees.
+
+The one place that maps camera poses to world coordinates. A maze's cameras walk inside
+``POSE_EXTENT`` (real DeepMind Lab mazes: 7 cells of 0.1 spanning [-0.4, 0.3] in x and y). Maze
+(i, j) of a hotel whose lower-left corner is ``origin`` owns the world cell
+``origin + CELL * (i, j) + [0, CELL]^2`` and, by default, its pose extent is stretched linearly
+onto that whole cell, so the 5 x 5 nodes of a maze cover where its cameras walk. ``raw=True``
+reproduces the original implementation instead: poses keep their units around the cell centre and
+touch mostly the central nodes.
+
+What a step sees is a pure function of ``(seed, step, rank)`` (``plan_step``), so a resumed run
+sees exactly the batches the uninterrupted run would have.
+"""
+import warnings
+from typing import NamedTuple, Sequence
+
+import torch
+
+from models.structure import CELL
+from utils.dataset import EpisodeError, decode_views, list_episodes, load_episode, pose_vectors
+
+POSE_EXTENT = (-0.4, 0.3)
+WORLD_MAZES = 5  # the world holds 5 x 5 mazes (10 x 10 units, as in the original)
+
+
+def maze_to_world(xy: torch.Tensor, maze_ij: torch.Tensor, origin: torch.Tensor, raw: bool = False) -> torch.Tensor:
+    """Camera x, y (..., 2) inside maze ``maze_ij`` (..., 2) of a hotel at ``origin`` (..., 2) -> world x, y."""
+    cell_corner = origin + CELL * maze_ij
+    if raw:
+        return cell_corner + CELL / 2 + xy
+    low, high = POSE_EXTENT
+    return cell_corner + (xy - low) * (CELL / (high - low))
+
+
+def world_poses(cameras: torch.Tensor, maze_ij: torch.Tensor, origin: torch.Tensor, raw: bool = False):
+    """Cameras (..., 5) of a maze -> 7-D model poses (..., 7) with x, y in world coordinates."""
+    poses = pose_vectors(cameras)
+    xy = maze_to_world(poses[..., :2], maze_ij, origin, raw)
+    return torch.cat([xy, poses[..., 2:]], dim=-1)
+
+
+def maze_cells(grid: int) -> torch.Tensor:
+    """(i, j) of each maze of a k x k hotel, maze m = j * k + i -> (k * k, 2)."""
+    index = torch.arange(grid * grid)
+    return torch.stack([index % grid, index // grid], dim=-1).float()
+
+
+class StepPlan(NamedTuple):
+    grid: int
+    episodes: torch.Tensor  # (H, M) distinct episode indices per hotel, M = grid ** 2
+    views: torch.Tensor  # (H, M, C + 1) fractions in [0, 1) of each episode's frames; last = query
+    origin: torch.Tensor  # (H, 2) lower-left world corner of each hotel
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    # Distinct, reproducible streams per (seed, step, rank); the large odd multipliers keep them apart.
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7_919 + rank)
+
+
+def plan_step(seed: int, step: int, rank: int, n_episodes: int, batch_size: int, grids: Sequence[int],
+              context_views: int, world: int = WORLD_MAZES) -> StepPlan:
+    """Grid size, episodes, views and hotel positions of one step: ``batch_size`` mazes (one query
+    each) grouped into ``batch_size // k^2`` hotels of k x k distinct episodes."""
+    g = step_generator(seed, step, rank)
+    grid = grids[int(torch.randint(len(grids), (), generator=g))]
+    mazes = grid * grid
+    hotels = batch_size // mazes
+    if hotels < 1 or mazes > n_episodes or grid > world:
+        raise ValueError(f"cannot build a {grid}x{grid} hotel from batch {batch_size}, {n_episodes} episodes, "
+                         f"world {world}x{world}")
+    episodes = torch.rand(hotels, n_episodes, generator=g).argsort(dim=1)[:, :mazes]
+    views = torch.rand(hotels, mazes, context_views + 1, generator=g)
+    origin = -CELL / 2 + torch.rand(hotels, 2, generator=g) * CELL * (world - grid)
+    return StepPlan(grid, episodes, views, origin)
+
+
+class HotelBatch(NamedTuple):
+    """One step's tensors. N hotels, M = k^2 mazes each, C context views per maze, S image size."""
+    context_frames: torch.Tensor  # (N, M * C, 3, S, S) in [0, 1]
+    context_poses: torch.Tensor  # (N, M * C, 7) world coordinates
+    query_frames: torch.Tensor  # (N, M, 3, S, S)
+    query_poses: torch.Tensor  # (N, M, 7)
+    origin: torch.Tensor  # (N, 2)
+    grid: int
+    bad_files: tuple  # episodes that failed to load during this step (replaced by others)
+
+    def model_inputs(self, device):
+        """Tensors moved to ``device`` in the order of ``SceneModel.forward``'s first six arguments."""
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return (move(self.context_frames), move(self.context_poses), move(self.query_frames),
+                move(self.query_poses), move(self.origin), self.grid)
+
+
+def build_hotels(plan: StepPlan, load, img_size: int, raw: bool = False) -> HotelBatch:
+    """Decode the planned views. ``load(episode_index) -> Episode`` (may substitute bad files)."""
+    hotels, mazes, views = plan.views.shape
+    cells = maze_cells(plan.grid)
+    frames, poses = [], []
+    for h in range(hotels):
+        for m in range(mazes):
+            episode = load(int(plan.episodes[h, m]))
+            indices = (plan.views[h, m] * len(episode.frames)).long().clamp(max=len(episode.frames) - 1)
+            frames.append(decode_views(episode, indices.tolist(), img_size))  # (C + 1, 3, S, S)
+            cameras = torch.as_tensor(episode.cameras)[indices]
+            poses.append(world_poses(cameras, cells[m], plan.origin[h], raw))  # (C + 1, 7)
+    frames = torch.stack(frames).view(hotels, mazes, views, 3, img_size, img_size)
+    poses = torch.stack(poses).view(hotels, mazes, views, 7)
+    return HotelBatch(frames[:, :, :-1].flatten(1, 2), poses[:, :, :-1].flatten(1, 2),
+                      frames[:, :, -1], poses[:, :, -1], plan.origin, plan.grid, ())
+
+
+class HotelSteps(torch.utils.data.Dataset):
+    """Map-style dataset whose item ``step`` is that step's whole batch (use ``batch_size=None``).
+
+    A damaged episode is replaced by the next good one and reported in ``HotelBatch.bad_files``
+    (once per file and worker), so the training loop can count and warn; nothing else changes.
+    """
+
+    def __init__(self, directory, img_size: int, batch_size: int, grids: Sequence[int], context_views: int,
+                 seed: int, rank: int = 0, raw_poses: bool = False, world: int = WORLD_MAZES):
+        self.paths = list_episodes(directory)
+        self.img_size, self.batch_size, self.grids = img_size, batch_size, tuple(grids)
+        self.context_views, self.seed, self.rank = context_views, seed, rank
+        self.raw_poses, self.world = raw_poses, world
+        self.bad = set()
+
+    def __len__(self):
+        return 2 ** 62  # indexed by step; the sampler decides which steps
+
+    def plan(self, step: int) -> StepPlan:
+        return plan_step(self.seed, step, self.rank, len(self.paths), self.batch_size, self.grids,
+                         self.context_views, self.world)
+
+    def __getitem__(self, step: int) -> HotelBatch:
+        newly_bad = []
+
+        def load(index):
+            for offset in range(len(self.paths)):
+                path = self.paths[(index + offset) % len(self.paths)]
+                if path in self.bad:
+                    continue
+                try:
+                    return load_episode(path)
+                except EpisodeError as error:
+                    self.bad.add(path)
+                    newly_bad.append(str(path))
+                    warnings.warn(f"skipping damaged episode: {error}")
+            raise EpisodeError(f"every episode in {self.paths[0].parent} is damaged")
+
+        batch = build_hotels(self.plan(step), load, self.img_size, self.raw_poses)
+        return batch._replace(bad_files=tuple(newly_bad))
