@@ -1,0 +1,398 @@
+"""Maze episodes on disk: list, load safely, save, decode the views a sample uses, pose vectors.
+
+An *episode* is one maze seen from N (300) cameras: N JPEG images (84 x 84 RGB) and an (N, 5) float32
+array of camera poses ``x, y, z, yaw, pitch``.
+
+Formats read by :func:`load_episode` (all of them also gzip-compressed, detected by magic bytes):
+
+* legacy: the original GEN tools' files (``../shared/mazes/train/*.pt``), a legacy (non-zip)
+  ``torch.save`` stream: four pickles in a row - magic number, protocol version (1001), sys_info dict,
+  then the object, a namedtuple ``Scene(frames, cameras)`` pickled from ``__main__`` (frames: object
+  array or list of JPEG bytes; cameras: float32 (1, N, 5)). No tensors, so no storage section follows.
+  It is read with a restricted unpickler that builds only that namedtuple, numpy arrays/dtypes,
+  latin-1 bytes and plain containers; any other global is refused, so no code from a file ever runs.
+* ours (written by :func:`save_episode`): ``torch.save`` (zip) of a plain dict ``{"frames": uint8 tensor
+  of all JPEG bytes concatenated, "frame_offsets": int64 (N + 1,), "cameras": float32 (N, 5)}``, read
+  with ``torch.load(weights_only=True)``.
+
+Bad files raise :class:`EpisodeError`, whose message starts with the file's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import operator
+import os
+import pickle
+import secrets
+import sys
+import zlib
+from collections import namedtuple
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.io import ImageReadMode, decode_jpeg
+
+__all__ = [
+    "EpisodeError",
+    "EPISODE_SUFFIXES",
+    "Episode",
+    "list_episodes",
+    "load_episode",
+    "save_episode",
+    "decode_views",
+    "pose_vectors",
+    "episode_digests",
+    "episode_info",
+    "main",
+]
+
+EPISODE_SUFFIXES = (".pt", ".pt.gz")
+CAMERA_FIELDS = ("x", "y", "z", "yaw", "pitch")
+POSE_SIZE = 7  # x, y, z, cos yaw, sin yaw, cos pitch, sin pitch
+
+_JPEG_SOI = b"\xff\xd8"
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a legacy torch.save stream
+_LEGACY_PROTOCOL = 1001
+
+
+class EpisodeError(ValueError):
+    """Bad episode file/dir; message always names the file."""
+
+
+@dataclass(frozen=True, eq=False)
+class Episode:
+    frames: list[bytes]  # N JPEG byte strings, in order
+    cameras: np.ndarray  # (N, 5) float32: x, y, z, yaw, pitch
+    path: str = field(default="")  # where it was read from ("" if built in memory); used in errors
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+# ---- listing ---------------------------------------------------------------------------------------
+def _is_episode_name(name: str) -> bool:
+    return name.endswith(EPISODE_SUFFIXES) and not name.startswith(".")
+
+
+def list_episodes(directory: str | os.PathLike) -> list[Path]:
+    """Episode files directly in ``directory`` (names ending .pt / .pt.gz; hidden files and anything
+    else ignored), sorted by name. EpisodeError if the directory is missing or holds no episode."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise EpisodeError(f"{directory}: no such episode directory")
+    paths = sorted(p for p in directory.iterdir() if _is_episode_name(p.name) and p.is_file())
+    if not paths:
+        raise EpisodeError(f"{directory}: holds no episode files (*{' or *'.join(EPISODE_SUFFIXES)})")
+    return paths
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+_LegacyScene = namedtuple("Scene", ["frames", "cameras"])  # stands in for the original __main__.Scene
+_np_reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy(._core|.core).multiarray._reconstruct
+
+
+def _latin1_encode(text, encoding="utf-8", errors="strict"):
+    # Protocol-2 pickles store bytes as _codecs.encode(str, "latin1"); admit exactly that use.
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise pickle.UnpicklingError("_codecs.encode is admitted only as encode(str, 'latin1')")
+    return text.encode("latin-1")
+
+
+_ALLOWED_GLOBALS = {
+    ("__main__", "Scene"): _LegacyScene,
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _EpisodeUnpickler(pickle.Unpickler):
+    def __init__(self, file, path: str):
+        super().__init__(file)
+        self._path = path
+
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise EpisodeError(
+                f"{self._path}: refused to load global {module}.{name}: an episode file holds only the "
+                "Scene namedtuple, numpy arrays and plain containers (the file may be malicious)"
+            ) from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("holds torch storages, which a legacy episode never does")
+
+
+def _read_legacy(raw: bytes, path: str):
+    stream = io.BytesIO(raw)
+    magic = _EpisodeUnpickler(stream, path).load()
+    if magic != _LEGACY_MAGIC:
+        raise EpisodeError(f"{path}: not an episode file (neither legacy torch.save, zip nor gzip)")
+    protocol = _EpisodeUnpickler(stream, path).load()
+    if protocol != _LEGACY_PROTOCOL:
+        raise EpisodeError(f"{path}: unsupported legacy torch.save protocol {protocol!r}")
+    _EpisodeUnpickler(stream, path).load()  # sys_info: endianness and type sizes, unused
+    scene = _EpisodeUnpickler(stream, path).load()
+    if not isinstance(scene, _LegacyScene):
+        raise EpisodeError(f"{path}: holds a {type(scene).__name__}, not a Scene(frames, cameras)")
+    frames, cameras = scene
+    if isinstance(frames, np.ndarray):
+        if frames.dtype != object or frames.ndim != 1:
+            raise EpisodeError(f"{path}: frames is a {frames.dtype} array of shape {frames.shape}, not JPEG bytes")
+        frames = frames.tolist()
+    return frames, cameras
+
+
+def _read_ours(raw: bytes, path: str):
+    data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or not {"frames", "frame_offsets", "cameras"} <= data.keys():
+        raise EpisodeError(f"{path}: not an episode: expected a dict with frames, frame_offsets, cameras")
+    blob, offsets, cameras = data["frames"], data["frame_offsets"], data["cameras"]
+    if not all(isinstance(t, torch.Tensor) for t in (blob, offsets, cameras)):
+        raise EpisodeError(f"{path}: frames, frame_offsets and cameras must be tensors")
+    if blob.dtype != torch.uint8 or blob.dim() != 1 or offsets.dtype != torch.int64 or offsets.dim() != 1:
+        raise EpisodeError(f"{path}: frames must be 1-D uint8 and frame_offsets 1-D int64")
+    offs = offsets.tolist()
+    if not offs or offs[0] != 0 or offs[-1] != blob.numel() or any(a > b for a, b in zip(offs, offs[1:])):
+        raise EpisodeError(f"{path}: frame_offsets do not split the frame bytes (corrupt file)")
+    buf = blob.numpy().tobytes()
+    return [buf[a:b] for a, b in zip(offs, offs[1:])], cameras.numpy()
+
+
+def _validated(frames, cameras, path: str) -> Episode:
+    """Check an episode's content and return it in canonical form: list of bytes + (N, 5) float32."""
+    if not isinstance(frames, (list, tuple)) or not frames:
+        raise EpisodeError(f"{path}: episode has no frames")
+    if not all(isinstance(f, bytes) for f in frames):
+        raise EpisodeError(f"{path}: frames must be JPEG byte strings")
+    bad = next((i for i, f in enumerate(frames) if not f.startswith(_JPEG_SOI)), None)
+    if bad is not None:
+        raise EpisodeError(f"{path}: frame {bad} is not a JPEG (no FFD8 start-of-image marker)")
+    if not isinstance(cameras, np.ndarray) or cameras.dtype.kind not in "fiu":
+        raise EpisodeError(f"{path}: cameras must be a numeric array")
+    n = len(frames)
+    if cameras.ndim == 3 and cameras.shape[0] == 1:  # legacy files keep a leading batch axis
+        cameras = cameras[0]
+    if cameras.shape != (n, len(CAMERA_FIELDS)):
+        raise EpisodeError(f"{path}: cameras have shape {tuple(cameras.shape)}, expected ({n}, 5) for {n} frames")
+    cameras = np.ascontiguousarray(cameras, dtype=np.float32)
+    if not np.isfinite(cameras).all():
+        raise EpisodeError(f"{path}: cameras hold non-finite values")
+    return Episode(frames=list(frames), cameras=cameras, path=path)
+
+
+def load_episode(path: str | os.PathLike) -> Episode:
+    """Read one episode file in any supported format (see module docstring); never runs code from it.
+
+    Only the JPEG bytes are read, none is decoded. Raises EpisodeError naming the file on a missing,
+    truncated or corrupt file, a refused pickle global, wrong camera count, or non-JPEG frames.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise EpisodeError(f"{name}: cannot read: {e.strerror or e}") from None
+    try:
+        if raw[:2] == _GZIP_MAGIC:
+            raw = gzip.decompress(raw)
+        reader = _read_ours if raw[:4] == _ZIP_MAGIC else _read_legacy
+        frames, cameras = reader(raw, name)
+    except EpisodeError:
+        raise
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise EpisodeError(f"{name}: truncated or corrupt file ({type(e).__name__}: {e})") from None
+    except Exception as e:  # anything a damaged pickle/zip makes the restricted readers raise
+        raise EpisodeError(f"{name}: corrupt episode file ({type(e).__name__}: {e})") from None
+    return _validated(frames, cameras, name)
+
+
+# ---- saving ----------------------------------------------------------------------------------------
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a hidden temp file in the same directory, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not every platform lets a directory be opened
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def save_episode(path: str | os.PathLike, frames: Sequence[bytes], cameras: np.ndarray) -> None:
+    """Write an episode in our format (see module docstring); gzip it if ``path`` ends with .gz.
+
+    Atomic: readers see the old file or the complete new one, never a partial write.
+    """
+    path = Path(path)
+    episode = _validated(list(frames), np.asarray(cameras), str(path))
+    sizes = np.fromiter((len(f) for f in episode.frames), dtype=np.int64, count=len(episode))
+    offsets = np.zeros(len(episode) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    record = {
+        "frames": torch.frombuffer(bytearray(b"".join(episode.frames)), dtype=torch.uint8),
+        "frame_offsets": torch.from_numpy(offsets),
+        "cameras": torch.from_numpy(episode.cameras.copy()),
+    }
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    data = buffer.getvalue()
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)  # mtime=0: same content, same bytes
+    _atomic_write(path, data)
+
+
+# ---- decoding --------------------------------------------------------------------------------------
+def decode_views(episode: Episode, indices: Iterable[int], img_size: int) -> torch.Tensor:
+    """Decode just the chosen views: (len(indices), 3, img_size, img_size) float32 in [0, 1].
+
+    Resizing (84 -> img_size) is bilinear with antialiasing, skipped when the size already matches.
+    """
+    n = len(episode.frames)
+    idx = [operator.index(i) for i in (indices.tolist() if hasattr(indices, "tolist") else indices)]
+    for i in idx:
+        if not 0 <= i < n:
+            raise IndexError(f"{episode.path or 'episode'}: view index {i} out of range for {n} views")
+    if not idx:
+        return torch.zeros(0, 3, img_size, img_size)
+    data = [torch.frombuffer(bytearray(episode.frames[i]), dtype=torch.uint8) for i in idx]
+    try:
+        images = decode_jpeg(data, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        for i, d in zip(idx, data):  # find which view is at fault, for the message
+            try:
+                decode_jpeg(d, mode=ImageReadMode.RGB)
+            except RuntimeError as e:
+                raise EpisodeError(f"{episode.path or '<episode>'}: view {i}: undecodable JPEG ({e})") from None
+        raise
+    if len({tuple(im.shape) for im in images}) != 1:
+        raise EpisodeError(f"{episode.path or '<episode>'}: views {idx} differ in size")
+    # decode_jpeg's (3, H, W) results are views of (H, W, 3) memory: stack them as such (no transpose)
+    views = torch.stack([im.permute(1, 2, 0) for im in images]).permute(0, 3, 1, 2)  # (V, 3, H, W) uint8
+    if views.shape[-2:] != (img_size, img_size):
+        # uint8 channels-last in and out: torch's fast antialiased kernel; an 8-bit source loses nothing
+        views = F.interpolate(views, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
+    views = views.float().div_(255.0).contiguous()  # (V, 3, img_size, img_size) in [0, 1]
+    return views
+
+
+def pose_vectors(cameras) -> torch.Tensor:
+    """Camera poses (..., 5) = x, y, z, yaw, pitch -> model pose vectors (..., 7) float32 =
+    ``[x, y, z, cos(yaw), sin(yaw), cos(pitch), sin(pitch)]``.
+
+    This is the order of the original GEN code. DeepMind's GQN reader puts sin before cos
+    (``[x, y, z, sin yaw, cos yaw, sin pitch, cos pitch]``); do not mix the two.
+    """
+    cams = torch.as_tensor(cameras, dtype=torch.float32)
+    if cams.shape[-1:] != (len(CAMERA_FIELDS),):
+        raise ValueError(f"cameras must have shape (..., 5), got {tuple(cams.shape)}")
+    x, y, z, yaw, pitch = cams.unbind(-1)
+    return torch.stack([x, y, z, yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin()], dim=-1)  # (..., 7)
+
+
+# ---- inspection ------------------------------------------------------------------------------------
+def episode_digests(episode: Episode) -> tuple[str, str]:
+    """(frames_sha256, cameras_sha256): sha256 of the concatenated JPEG bytes, in order, and of the
+    float32 cameras in C order (the same bytes whether hashed as (N, 5) or (1, N, 5))."""
+    frames = hashlib.sha256()
+    for f in episode.frames:
+        frames.update(f)
+    cameras = hashlib.sha256(np.ascontiguousarray(episode.cameras, dtype="<f4").tobytes())
+    return frames.hexdigest(), cameras.hexdigest()
+
+
+def episode_info(path: str | os.PathLike) -> dict:
+    """The ``info`` record of one episode file: path, frames, height, width, x/y/yaw ranges, sha256s."""
+    episode = load_episode(path)
+    try:  # the image size is read from the first view alone
+        image = decode_jpeg(torch.frombuffer(bytearray(episode.frames[0]), dtype=torch.uint8))
+    except RuntimeError as e:
+        raise EpisodeError(f"{episode.path}: view 0: undecodable JPEG ({e})") from None
+    frames_sha, cameras_sha = episode_digests(episode)
+    cams = episode.cameras
+
+    def span(column: int) -> list[float]:
+        return [float(cams[:, column].min()), float(cams[:, column].max())]
+
+    return {
+        "path": episode.path,
+        "frames": len(episode),
+        "height": int(image.shape[-2]),
+        "width": int(image.shape[-1]),
+        "x_range": span(CAMERA_FIELDS.index("x")),
+        "y_range": span(CAMERA_FIELDS.index("y")),
+        "yaw_range": span(CAMERA_FIELDS.index("yaw")),
+        "frames_sha256": frames_sha,
+        "cameras_sha256": cameras_sha,
+    }
+
+
+def _info(args: argparse.Namespace) -> int:
+    status = 0
+    for p in args.paths:
+        try:
+            files = list_episodes(p) if os.path.isdir(p) else [p]
+        except EpisodeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            status = 1
+            continue
+        for path in files:
+            try:
+                info = episode_info(path)
+            except EpisodeError as e:
+                print(f"error: {e}", file=sys.stderr)
+                status = 1
+                continue
+            if args.json:
+                print(json.dumps(info), flush=True)
+            else:
+                fmt = lambda r: f"[{r[0]:+.4f}, {r[1]:+.4f}]"  # noqa: E731
+                print(
+                    f"{info['path']}: {info['frames']} frames {info['height']}x{info['width']} "
+                    f"x {fmt(info['x_range'])} y {fmt(info['y_range'])} yaw {fmt(info['yaw_range'])} "
+                    f"frames_sha256 {info['frames_sha256']} cameras_sha256 {info['cameras_sha256']}",
+                    flush=True,
+                )
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils.dataset", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="print frames, image size, pose ranges and sha256s per episode")
+    info.add_argument("paths", nargs="+", metavar="PATH", help="episode files or directories of them")
+    info.add_argument("--json", action="store_true", help="one JSON object per line")
+    args = parser.parse_args(argv)
+    return _info(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
