@@ -1,0 +1,546 @@
+"""Train a GEN (or with ``--baseline`` the GQN baseline) to render k x k hotels of mazes.
+
+    python train_scene_rendering.py --steps 200                      # CPU, one GPU, or all visible GPUs
+    python train_scene_rendering.py --device_ids 0 1 2 3             # DataParallel in one process
+    torchrun --nproc_per_node 4 train_scene_rendering.py ...         # DistributedDataParallel
+
+What a step sees (episodes, views, grid, shift), its DRAW noise, the learning rate and the pixel sigma
+are pure functions of (seed, step, rank), so a checkpoint needs only the step to continue the same run.
+SIGTERM / Ctrl-C finish the current step, save a checkpoint and exit 0; ``--saved_model auto``
+picks it up again.
+"""
+import argparse
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from models.scene import IMAGE_SIZES, ModelConfig, SceneModel, unwrap
+from utils import distributed, schedules, summaries
+from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from utils.checkpoint_dir import CheckpointDir
+from utils.dataset import EpisodeError, list_episodes
+from utils.hotel import WORLD_MAZES, HotelSteps
+
+PROG = "train_scene_rendering.py"
+AUTO = "auto"
+DUMP_ENV = "GEN_TEST_DUMP_DIR"  # tests only: each rank writes its final weights there (DDP sync test)
+
+# Tests only: ``_loss_hook(step, loss) -> loss`` replaces the step's loss (to inject NaN); never a CLI flag.
+_loss_hook = None
+
+
+class TrainingError(Exception):
+    """A problem the user must fix (data, devices, disk); ``main`` prints it as one line and exits 1."""
+
+
+def note(message: str) -> None:
+    """One line on stderr that does not tear the progress bar."""
+    tqdm.write(f"{PROG}: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- command line
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _number(kind, low, low_ok=False, high=None):
+    name = f"{kind.__name__} {'>=' if low_ok else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if not ((value >= low if low_ok else value > low) and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text}")
+        return value
+
+    return parse
+
+
+def _grid(text):
+    value = _number(int, 1, low_ok=True)(text)
+    if value > WORLD_MAZES:
+        raise argparse.ArgumentTypeError(f"a {value}x{value} hotel is larger than the world "
+                                         f"({WORLD_MAZES}x{WORLD_MAZES} mazes)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    positive, count, rate = _number(int, 0), _number(int, 0, low_ok=True), _number(float, 0)
+    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--train_data_dir", default="data_samples/train", help="episodes (.pt / .pt.gz) to train on")
+    data.add_argument("--test_data_dir", default="data_samples/test", help="episodes for the test losses and images")
+    data.add_argument("--img_size", type=int, default=64, choices=IMAGE_SIZES, help="image side in pixels")
+    data.add_argument("--context_views", type=positive, default=8, help="context views per maze")
+    data.add_argument("--train_grids", type=_grid, nargs="+", default=[1, 2], metavar="K",
+                      help="hotel sizes k (k x k mazes) drawn from at every step")
+    data.add_argument("--test_grids", type=_grid, nargs="+", default=[1, 2, 3, 4, 5], metavar="K",
+                      help="hotel sizes evaluated every --log_interval steps")
+    data.add_argument("--raw_poses", action="store_true",
+                      help="the original implementation's pose mapping (cameras near each maze's centre)")
+    data.add_argument("--workers", type=count, default=2, help="DataLoader worker processes (0: load in-process)")
+    data.add_argument("--max_bad_files", type=_number(float, 0, low_ok=True, high=1), default=0.01,
+                      help="stop if more than this fraction of the training episodes is damaged")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--baseline", action="store_true", help="GQN baseline (summed representation) instead of GEN")
+    model.add_argument("--layers", type=positive, default=8, help="DRAW layers (GQN paper: 12)")
+
+    train = p.add_argument_group("training")
+    train.add_argument("--steps", type=positive, default=schedules.LR_STEPS,
+                       help="total steps of the run; a resumed run continues until this step")
+    train.add_argument("--batch_size", type=positive, default=36,
+                       help="mazes (= query images) per step over all devices/processes; a k x k step "
+                            "uses batch_size // k^2 hotels")
+    train.add_argument("--seed", type=count, default=0, help="seeds the model, every batch and the DRAW noise")
+    train.add_argument("--lr", type=rate, default=schedules.LR, help="initial Adam learning rate")
+    train.add_argument("--lr_final", type=rate, default=schedules.LR_FINAL, help="learning rate after --lr_steps")
+    train.add_argument("--lr_steps", type=positive, default=schedules.LR_STEPS, help="learning-rate annealing steps")
+    train.add_argument("--sigma", type=rate, default=schedules.SIGMA, help="initial pixel standard deviation")
+    train.add_argument("--sigma_final", type=rate, default=schedules.SIGMA_FINAL, help="pixel sigma after --sigma_steps")
+    train.add_argument("--sigma_steps", type=positive, default=schedules.SIGMA_STEPS, help="pixel-sigma annealing steps")
+    train.add_argument("--clip_grad", type=rate, default=None, help="clip the gradient norm to this (default: off)")
+    train.add_argument("--max_bad_steps", type=positive, default=20,
+                       help="after this many non-finite steps in a row, reload the last checkpoint and halve the lr")
+
+    out = p.add_argument_group("logging and checkpoints")
+    out.add_argument("--root_log_dir", default="logs", help="root of all runs")
+    out.add_argument("--log_dir", default=None, help="this run's folder under --root_log_dir (default: GEN, or GQN "
+                                                      "with --baseline); TensorBoard in runs/, checkpoints in models/")
+    out.add_argument("--log_interval", type=positive, default=1000, help="steps between test losses and images")
+    out.add_argument("--save_interval", type=positive, default=5000, help="steps between checkpoints")
+    out.add_argument("--keep_checkpoints", type=positive, default=5, help="numbered checkpoints kept (plus final)")
+    out.add_argument("--saved_model", default=None, metavar="PATH|auto",
+                     help="resume from this checkpoint (ours, or the original's {epoch, model_state_dict}); "
+                          "'auto': the newest readable one in this run's models/, or start fresh")
+
+    devices = p.add_argument_group("devices")
+    devices.add_argument("--device_ids", type=count, nargs="*", default=None, metavar="ID",
+                         help="CUDA ids (several: DataParallel); default all visible GPUs, or CPU; "
+                              "given with no ids: CPU")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_dir is None:
+        args.log_dir = "GQN" if args.baseline else "GEN"
+    too_big = [k for k in args.train_grids if k * k > args.batch_size]
+    if too_big:
+        k = max(too_big)
+        parser.error(f"--batch_size {args.batch_size} cannot fill a {k}x{k} hotel ({k * k} mazes); "
+                     f"use --batch_size >= {k * k} or drop {k} from --train_grids")
+    if args.saved_model not in (None, AUTO) and not Path(args.saved_model).is_file():
+        parser.error(f"--saved_model {args.saved_model}: no such file (or use --saved_model auto)")
+    return args
+
+
+def check_batch(args, runtime: distributed.Runtime) -> int:
+    """This process's batch size; the batch must split evenly over processes and DataParallel replicas."""
+    if runtime.world > 1:
+        if args.batch_size % runtime.world:
+            raise TrainingError(f"--batch_size {args.batch_size} does not divide over {runtime.world} processes; "
+                                f"use a multiple of {runtime.world}")
+        per_rank = args.batch_size // runtime.world
+        too_big = [k for k in args.train_grids if k * k > per_rank]
+        if too_big:
+            k = max(too_big)
+            raise TrainingError(f"--batch_size {args.batch_size} over {runtime.world} processes leaves {per_rank} "
+                                f"mazes per process, too few for a {k}x{k} hotel; use --batch_size >= "
+                                f"{k * k * runtime.world}")
+        return per_rank
+    splits = runtime.splits
+    uneven = [k for k in args.train_grids if (args.batch_size // (k * k)) % splits]
+    if uneven:
+        fits = splits * math.lcm(*(k * k for k in args.train_grids))
+        k = uneven[0]
+        raise TrainingError(f"--batch_size {args.batch_size} makes {args.batch_size // (k * k)} hotels of {k}x{k}, "
+                            f"which do not split over {splits} GPUs; use a batch size that does for every "
+                            f"--train_grids size, e.g. {fits}")
+    return args.batch_size
+
+
+def count_episodes(directory, grids, flag) -> int:
+    try:
+        found = len(list_episodes(directory))
+    except EpisodeError as error:
+        raise TrainingError(f"{flag}: {error}") from None
+    k = max(grids)
+    if found < k * k:
+        raise TrainingError(f"{flag} {directory} holds {found} episodes; a {k}x{k} hotel needs {k * k} distinct "
+                            f"ones (add episodes or use smaller grids)")
+    return found
+
+
+def plain(value):
+    """args values as checkpoint-safe plain types."""
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def noise_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of a step's DRAW noise: distinct per (seed, step, rank), different from the batch plan's."""
+    return (((seed * 1_000_003 + step) * 7_919 + rank) * 2 + 1) % (2 ** 63)
+
+
+def to_cpu(value):
+    """A detached CPU copy of a (nested) state dict."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
+
+
+# ----------------------------------------------------------------------------- signals
+
+class StopRequest:
+    """SIGTERM / SIGINT set a flag; the loop finishes its step, saves and exits. A second Ctrl-C aborts."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal = None
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        note(f"{self.signal}: finishing this step, then saving a checkpoint")
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+
+def _worker_init(_):
+    # The main process handles preemption; workers ignore it and are shut down by the DataLoader.
+    for s in StopRequest.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    warnings.filterwarnings("ignore", message="skipping damaged episode")
+
+
+# ----------------------------------------------------------------------------- training
+
+class Trainer:
+    def __init__(self, args, runtime: distributed.Runtime):
+        self.args, self.runtime = args, runtime
+        self.run_dir = Path(args.root_log_dir) / args.log_dir
+        batch_size = check_batch(args, runtime)
+        self.n_episodes = count_episodes(args.train_data_dir, args.train_grids, "--train_data_dir")
+        count_episodes(args.test_data_dir, args.test_grids, "--test_data_dir")
+        self.data = HotelSteps(args.train_data_dir, args.img_size, batch_size, args.train_grids, args.context_views,
+                               args.seed, rank=runtime.rank, raw_poses=args.raw_poses)
+        self.test_batches = None  # built at the first evaluation, then the same every time
+
+        torch.manual_seed(args.seed)
+        self.model = SceneModel(ModelConfig.from_args(args)).to(runtime.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.checkpoints = CheckpointDir(self.run_dir / "models", args.keep_checkpoints,
+                                         warn=lambda m: note(f"warning: {m}"))
+        self.step = 0  # steps done; the next step's index
+        self.lr_scale = 1.0  # halved at each recovery from a numerical blow-up
+        self.skipped_steps = 0
+        self.bad_run = 0  # non-finite steps in a row
+        self.bad_files = set()
+        self.resume()
+        self.wrapped = distributed.wrap(self.model, runtime)
+        self.good = self.snapshot()  # what a blow-up goes back to: the last checkpoint's state
+        self.saved_step = None
+
+    # --- checkpoints
+
+    def resume(self):
+        args = self.args
+        if args.saved_model is None:
+            if self.runtime.is_main and self.checkpoints.numbered():
+                note(f"warning: {self.checkpoints.directory} already holds checkpoints; starting fresh anyway "
+                     f"(--saved_model auto resumes them)")
+            return
+        if args.saved_model == AUTO:
+            found = self.checkpoints.newest()
+            if found is None:
+                note(f"no checkpoint in {self.checkpoints.directory}: starting fresh")
+                return
+            path, checkpoint = found
+        else:
+            path, checkpoint = Path(args.saved_model), load_checkpoint(args.saved_model)
+        load_model_state(self.model, checkpoint["model_state_dict"], path)
+        self.step = int(checkpoint.get("epoch", 0))
+        if "optimizer_state_dict" not in checkpoint:
+            note(f"warning: {path} holds only weights (original format): starting at step {self.step} with a "
+                 f"fresh optimizer")
+            return
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f"{path}: optimizer state does not fit this model ({error})") from None
+        schedule = checkpoint.get("scheduler_state_dict", {})
+        self.lr_scale = float(schedule.get("lr_scale", 1.0))
+        self.skipped_steps = int(schedule.get("skipped_steps", 0))
+        self.bad_files = set(schedule.get("bad_files", []))
+        rng = checkpoint.get("rng_state", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        note(f"resumed {path} at step {self.step}")
+
+    def snapshot(self) -> dict:
+        return {"model": to_cpu(self.model.state_dict()), "optimizer": to_cpu(self.optimizer.state_dict())}
+
+    def payload(self, snapshot: dict) -> dict:
+        args, step = self.args, self.step
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "epoch": step,
+            "model_state_dict": snapshot["model"],
+            "optimizer_state_dict": snapshot["optimizer"],
+            "scheduler_state_dict": {"step": step, "lr": self.lr(step), "lr_scale": self.lr_scale,
+                                     "skipped_steps": self.skipped_steps, "bad_files": sorted(self.bad_files)},
+            "sigma": self.sigma(step),
+            "args": {k: plain(v) for k, v in vars(args).items()},
+            "rng_state": rng,
+        }
+
+    def save(self, final: bool = False):
+        """Checkpoint the current state (rank 0 writes; every rank keeps it as the blow-up fallback)."""
+        self.good = self.snapshot()
+        self.saved_step = self.step
+        if not self.runtime.is_main:
+            return None
+        try:
+            return self.checkpoints.save(self.payload(self.good), final=final)
+        except OSError as error:
+            raise TrainingError(f"{error.strerror or error}; resume with --saved_model auto once there is "
+                                f"room") from None
+
+    def recover(self, writer):
+        """Too many non-finite steps in a row: back to the last checkpoint's state, half the learning rate."""
+        self.model.load_state_dict(self.good["model"])
+        self.optimizer.load_state_dict(to_cpu(self.good["optimizer"]))  # a copy: the snapshot stays intact
+        self.lr_scale /= 2
+        self.bad_run = 0
+        note(f"warning: {self.args.max_bad_steps} non-finite steps in a row at step {self.step}: reloaded the "
+             f"last checkpoint's state and halved the learning rate (scale {self.lr_scale:g})")
+        writer.add_scalar("train/lr_scale", self.lr_scale, self.step)
+
+    # --- schedules
+
+    def lr(self, step: int) -> float:
+        a = self.args
+        return schedules.learning_rate(step, a.lr, a.lr_final, a.lr_steps) * self.lr_scale
+
+    def sigma(self, step: int) -> float:
+        a = self.args
+        return schedules.pixel_sigma(step, a.sigma, a.sigma_final, a.sigma_steps)
+
+    # --- one step
+
+    def train_step(self, batch, stop_requested: bool) -> dict:
+        args, runtime, step = self.args, self.runtime, self.step
+        torch.manual_seed(noise_seed(args.seed, step, runtime.rank))
+        lr, sigma = self.lr(step), self.sigma(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        losses = self.wrapped(*batch.model_inputs(runtime.device), sigma)
+        loss = losses.loss.mean()
+        if _loss_hook is not None:
+            loss = _loss_hook(step, loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad or math.inf)
+        for path in batch.bad_files:
+            if path not in self.bad_files:
+                self.bad_files.add(path)
+                note(f"warning: skipped damaged episode {path}")
+        stats = torch.stack([loss.detach(), losses.kl.detach().mean(), grad_norm.detach().to(loss.device)]).float()
+        flags = torch.tensor([len(self.bad_files), float(stop_requested)], device=stats.device)
+        stats = distributed.reduce_sum(torch.cat([stats, flags]), runtime)
+        loss_v, kl_v, norm_v, bad, stop = stats.tolist()  # the step's one host sync
+        world = runtime.world
+        finite = math.isfinite(loss_v) and math.isfinite(norm_v)  # identical on every rank: reduced values
+        if finite:
+            self.optimizer.step()
+            self.bad_run = 0
+        else:
+            self.skipped_steps += 1
+            self.bad_run += 1
+        return {"loss": loss_v / world, "kl": kl_v / world, "grad_norm": norm_v / world, "lr": lr, "sigma": sigma,
+                "grid": batch.grid, "local_loss": loss.item() if world > 1 else loss_v, "finite": finite,
+                "bad_files": int(bad), "stop": stop > 0}
+
+    # --- evaluation
+
+    def eval_model(self):
+        # DataParallel helps with big test batches; a DDP module must not run forward on rank 0 alone.
+        return self.wrapped if isinstance(self.wrapped, torch.nn.DataParallel) else self.model
+
+    @torch.no_grad()
+    def evaluate(self, writer, train_batch):
+        args, device, step = self.args, self.runtime.device, self.step
+        if self.test_batches is None:
+            self.test_batches = {}
+            for k in args.test_grids:
+                steps = HotelSteps(args.test_data_dir, args.img_size, max(args.batch_size, k * k), [k],
+                                   args.context_views, args.seed, raw_poses=args.raw_poses)
+                self.test_batches[k] = steps[0]
+        sigma = self.sigma(step)
+        self.model.eval()
+        try:
+            torch.manual_seed(args.seed)  # the same noise at every evaluation; training reseeds every step
+            self.log_images(writer, "images/train", train_batch)
+            for k, batch in self.test_batches.items():
+                torch.manual_seed(args.seed)
+                losses = self.eval_model()(*batch.model_inputs(device), sigma)
+                writer.add_scalar(f"test/loss_{k}x{k}", losses.loss.mean().item(), step)
+                writer.add_scalar(f"test/kl_{k}x{k}", losses.kl.mean().item(), step)
+                self.log_images(writer, f"images/test_{k}x{k}", batch)
+        finally:
+            self.model.train()
+
+    def log_images(self, writer, tag, batch):
+        inputs = batch.model_inputs(self.runtime.device)
+        context_frames, context_poses, query_frames, query_poses, origin, grid = inputs
+        hotels = max(1, summaries.IMAGES_PER_ROW // (grid * grid))  # render only what is shown
+        head = [t[:hotels] for t in (context_frames, context_poses, query_poses, origin)]
+        truth = query_frames[:hotels].flatten(0, 1)
+        reconstruction = self.model.render(*head, grid, query_frames=query_frames[:hotels])
+        generation = self.model.render(*head, grid)
+        writer.add_image(tag, summaries.image_rows(truth, reconstruction, generation), self.step)
+
+    # --- the loop
+
+    def fit(self, stop: StopRequest) -> int:
+        args, runtime = self.args, self.runtime
+        if self.step >= args.steps:
+            note(f"already at step {self.step} of --steps {args.steps}: nothing to do")
+            return 0
+        main = runtime.is_main
+        writer = summaries.open_writer(self.run_dir / "runs", enabled=main, purge_step=self.step or None)
+        loader = torch.utils.data.DataLoader(
+            self.data, batch_size=None, sampler=range(self.step, args.steps), num_workers=args.workers,
+            pin_memory=runtime.device.type == "cuda", persistent_workers=args.workers > 0,
+            worker_init_fn=_worker_init if args.workers else None)
+        if main:
+            note(f"training {'GQN baseline' if args.baseline else 'GEN'} on {runtime.describe()}, steps "
+                 f"{self.step}..{args.steps}, logs in {self.run_dir}")
+        bar = tqdm(total=args.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="skipping damaged episode")  # counted and named below
+                stopped = self.loop(loader, writer, bar, stop)
+        finally:
+            bar.close()
+            writer.flush()
+        if stopped:
+            path = self.save() if self.saved_step != self.step else self.checkpoints.path(self.step)
+            if main:
+                note(f"stopped by {stop.signal or 'a signal on another rank'} at step {self.step}; saved {path}; "
+                     f"continue with --saved_model auto")
+        else:
+            path = self.save(final=True)
+            if main:
+                note(f"done: step {self.step}, saved {path}")
+        writer.close()
+        distributed.barrier(runtime)
+        return 0
+
+    def loop(self, loader, writer, bar, stop) -> bool:
+        """Train until --steps or a stop request (then True)."""
+        args, main = self.args, self.runtime.is_main
+        last = time.perf_counter()
+        for batch in loader:
+            out = self.train_step(batch, stop.requested)
+            self.step += 1
+            now = time.perf_counter()
+            step_time, last = now - last, now
+            self.log_step(writer, out, step_time)
+            bar.set_postfix(loss=f"{out['loss']:.1f}", grid=f"{out['grid']}x{out['grid']}", refresh=False)
+            bar.update()
+            if out["bad_files"] > args.max_bad_files * self.n_episodes:
+                self.save()
+                raise TrainingError(
+                    f"{out['bad_files']} of {self.n_episodes} episodes in {args.train_data_dir} are damaged, more "
+                    f"than --max_bad_files {args.max_bad_files:g}; fix or remove them (or raise --max_bad_files); "
+                    f"checkpoint saved at step {self.step}")
+            if self.bad_run >= args.max_bad_steps:
+                self.recover(writer)
+            if out["stop"]:
+                return True
+            if self.step % args.save_interval == 0 and self.step < args.steps:  # the last one: final
+                self.save()
+            if main and self.step % args.log_interval == 0:
+                self.evaluate(writer, batch)
+                last = time.perf_counter()  # evaluation time is not step time
+        return False
+
+    def log_step(self, writer, out, step_time):
+        step, k = self.step, out["grid"]
+        if out["finite"]:
+            writer.add_scalar(f"train/loss_{k}x{k}", out["local_loss"], step)
+            writer.add_scalar("train/loss", out["loss"], step)
+            writer.add_scalar("train/kl", out["kl"], step)
+            writer.add_scalar("grad_norm", out["grad_norm"], step)
+        writer.add_scalar("lr", out["lr"], step)
+        writer.add_scalar("sigma", out["sigma"], step)
+        writer.add_scalar("time_per_step", step_time, step)
+        writer.add_scalar("train/skipped_steps", self.skipped_steps, step)
+        writer.add_scalar("data/skipped_episodes", out["bad_files"], step)
+
+    def dump_for_tests(self):
+        directory = os.environ.get(DUMP_ENV)
+        if directory:
+            torch.save(to_cpu(self.model.state_dict()), Path(directory) / f"rank{self.runtime.rank}.pt")
+
+
+def _one_line(error: Exception) -> str:
+    # Errors re-raised from DataLoader workers carry the worker's traceback; keep the last line.
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1].split(": ", 1)[-1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    runtime = None
+    try:
+        with StopRequest() as stop:
+            runtime = distributed.setup(args.device_ids)
+            trainer = Trainer(args, runtime)
+            code = trainer.fit(stop)
+            trainer.dump_for_tests()
+            return code
+    except (TrainingError, CheckpointError, EpisodeError, distributed.DeviceError) as error:
+        raise SystemExit(f"{PROG}: error: {_one_line(error)}") from None
+    finally:
+        distributed.shutdown(runtime)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""A run's ``models/`` directory: ``checkpoint-{step}.pt`` every few steps (the last N kept) plus
+``checkpoint-final.pt``, and finding the newest one that is readable (``--saved_model auto``).
+Writing and reading single files is ``utils/checkpoint.py``'s job.
+"""
+import re
+import warnings
+from pathlib import Path
+
+from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+NUMBERED = re.compile(r"checkpoint-(\d+)\.pt")
+FINAL = "checkpoint-final.pt"
+
+
+class CheckpointDir:
+    def __init__(self, directory, keep: int = 5, warn=warnings.warn):
+        self.directory = Path(directory)
+        self.keep = keep
+        self.warn = warn
+
+    def path(self, step: int) -> Path:
+        return self.directory / f"checkpoint-{step}.pt"
+
+    @property
+    def final(self) -> Path:
+        return self.directory / FINAL
+
+    def numbered(self) -> list:
+        """[(step, path)] of the numbered checkpoints, oldest first (temp files are dot-files: ignored)."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := NUMBERED.fullmatch(p.name))]
+        return sorted(found)
+
+    def save(self, payload: dict, final: bool = False) -> Path:
+        """Write atomically, then delete numbered checkpoints beyond the newest ``keep``.
+
+        OSError (e.g. disk full) propagates with the previous checkpoints untouched.
+        """
+        path = self.final if final else self.path(payload["epoch"])
+        save_checkpoint(payload, path)
+        numbered = self.numbered()
+        for _, old in numbered[:max(len(numbered) - self.keep, 0)]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def newest(self):
+        """(path, checkpoint dict) of the newest readable checkpoint, or None if there is none.
+
+        Newest = highest step (``epoch``); unreadable files are skipped with a warning, so a checkpoint
+        truncated by a crash falls back to the one before it.
+        """
+        final = None
+        if self.final.is_file():
+            try:
+                final = load_checkpoint(self.final)
+            except CheckpointError as error:
+                self.warn(f"{error}; ignoring it")
+        for step, path in reversed(self.numbered()):
+            if final is not None and final.get("epoch", -1) >= step:
+                break
+            try:
+                return path, load_checkpoint(path)
+            except CheckpointError as error:
+                self.warn(f"{error}; falling back to the previous checkpoint")
+        return (self.final, final) if final is not None else None

@@ -1,0 +1,27 @@
+"""Learning-rate and pixel-sigma schedules: pure functions of the step, so resuming needs only the step.
+
+Both anneal linearly from ``initial`` to ``final`` over ``steps`` and then stay at ``final``, as in
+GQN (Eslami et al. 2018):
+
+    value(t) = final + (initial - final) * (1 - min(t / steps, 1))
+
+which equals GQN's ``max(final + (initial - final) * (1 - t / steps), final)`` for a decreasing
+schedule. GQN: learning rate 5e-4 -> 5e-5 over 1.6M steps, pixel sigma 2.0 -> 0.7 over 200k steps.
+"""
+
+LR, LR_FINAL, LR_STEPS = 5e-4, 5e-5, 1_600_000
+SIGMA, SIGMA_FINAL, SIGMA_STEPS = 2.0, 0.7, 200_000
+
+
+def anneal(step: int, initial: float, final: float, steps: int) -> float:
+    """Linear from ``initial`` at step 0 to ``final`` at ``steps``, constant afterwards."""
+    progress = min(step / steps, 1.0)
+    return final + (initial - final) * (1.0 - progress)
+
+
+def learning_rate(step: int, initial: float = LR, final: float = LR_FINAL, steps: int = LR_STEPS) -> float:
+    return anneal(step, initial, final, steps)
+
+
+def pixel_sigma(step: int, initial: float = SIGMA, final: float = SIGMA_FINAL, steps: int = SIGMA_STEPS) -> float:
+    return anneal(step, initial, final, steps)

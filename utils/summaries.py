@@ -1,0 +1,66 @@
+"""TensorBoard output: a writer on rank 0 only, image grids of truth / reconstruction / generation, and
+reading event files back (for tests and for plotting curves without installing tensorboard).
+"""
+import struct
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid
+
+IMAGES_PER_ROW = 8
+
+
+class NullWriter:
+    """Stands in for a SummaryWriter on ranks other than 0: every call does nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def open_writer(directory, enabled: bool = True, purge_step=None):
+    """A tensorboardX SummaryWriter logging to ``directory``; ``purge_step`` drops events at or after that
+    step left by an interrupted run, so a resumed run's curves do not double back."""
+    if not enabled:
+        return NullWriter()
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(logdir=str(directory), purge_step=purge_step)
+
+
+def image_rows(truth: torch.Tensor, reconstruction: torch.Tensor, generation: torch.Tensor,
+               count: int = IMAGES_PER_ROW) -> torch.Tensor:
+    """(B, 3, S, S) each -> one (3, H, W) image: rows ground truth / reconstruction / generation."""
+    count = min(count, truth.shape[0])
+    rows = torch.cat([truth[:count], reconstruction[:count], generation[:count]]).float().clamp(0, 1).cpu()
+    return make_grid(rows, nrow=count, padding=1, pad_value=1.0)
+
+
+def _records(path: Path):
+    """Payloads of a TFRecord-framed file: u64 length, u32 crc, data, u32 crc (crcs not checked)."""
+    data = path.read_bytes()
+    offset = 0
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack_from("<Q", data, offset)
+        start = offset + 12
+        if start + length + 4 > len(data):
+            break  # a record still being written
+        yield data[start:start + length]
+        offset = start + length + 4
+
+
+def read_events(directory):
+    """(scalars {tag: [(step, value), ...]}, image tags {tag: [step, ...]}) from every event file under
+    ``directory``, in file order then write order."""
+    from tensorboardX.proto import event_pb2
+
+    scalars, images = defaultdict(list), defaultdict(list)
+    for path in sorted(Path(directory).rglob("events.out.tfevents.*")):
+        for record in _records(path):
+            event = event_pb2.Event.FromString(record)
+            for value in event.summary.value:
+                if value.HasField("image"):
+                    images[value.tag].append(event.step)
+                elif value.HasField("simple_value"):
+                    scalars[value.tag].append((event.step, value.simple_value))
+    return dict(scalars), dict(images)
