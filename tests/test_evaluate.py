@@ -1,0 +1,198 @@
+"""evaluate.py: image metrics, reference answers, identical inputs across models, reports, errors."""
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import evaluate
+from models.scene import ModelConfig, SceneModel
+from utils.checkpoint import save_checkpoint
+from utils.hotel import HotelBatch, build_hotels, maze_cells
+
+try:
+    from tests.conftest import SHARED, requires_shared
+except ImportError:  # conftest not there yet: the same contract, locally
+    SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+    requires_shared = pytest.mark.skipif(not (SHARED / "mazes" / "train").is_dir(),
+                                         reason=f"needs the real episodes in {SHARED}/mazes/train")
+
+REPO = Path(__file__).resolve().parents[1]
+MAZES = SHARED / "mazes" / "train"
+
+
+def tiny_checkpoint(path: Path, baseline: bool, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = SceneModel(ModelConfig(img_size=16, layers=2, baseline=baseline))
+    save_checkpoint({"epoch": 0, "model_state_dict": model.state_dict(),
+                     "args": {"img_size": 16, "layers": 2, "baseline": baseline, "raw_poses": False,
+                              "context_views": 8, "seed": 0}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoints")
+    return tiny_checkpoint(folder / "gen.pt", False), tiny_checkpoint(folder / "gqn.pt", True)
+
+
+# ---- metrics ---------------------------------------------------------------------------------------
+def test_ssim_is_one_for_identical_images_and_matches_the_closed_form_for_flat_images():
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 16, 16)
+    assert torch.allclose(evaluate.ssim(x, x), torch.ones(3))
+    y = torch.rand(3, 3, 16, 16)
+    assert torch.allclose(evaluate.ssim(x, y), evaluate.ssim(y, x))
+    assert (evaluate.ssim(x, y) < 0.5).all()
+    # Flat images: no variance, so SSIM = (2ab + C1) / (a^2 + b^2 + C1).
+    a, b = 0.2, 0.7
+    flat = evaluate.ssim(torch.full((1, 3, 16, 16), a), torch.full((1, 3, 16, 16), b))
+    expected = (2 * a * b + evaluate.SSIM_C1) / (a * a + b * b + evaluate.SSIM_C1)
+    assert flat.item() == pytest.approx(expected, rel=1e-5)
+    window = evaluate.gaussian_window()
+    assert window.shape == (11, 11) and window.sum().item() == pytest.approx(1.0)
+
+
+def test_psnr_of_an_mse():
+    assert evaluate.psnr(0.01) == pytest.approx(20.0)
+    assert evaluate.psnr(0.0) == math.inf
+
+
+def synthetic_batch(grid=2, views=4, size=16, seed=0) -> HotelBatch:
+    g = torch.Generator().manual_seed(seed)
+    mazes = grid * grid
+    origin = torch.tensor([[-1.0, -1.0]])
+    centres = origin + 2 * maze_cells(grid) + 1  # (M, 2)
+    xy = centres[:, None] + torch.rand(mazes, views, 2, generator=g) - 0.5  # (M, C, 2)
+    yaw = torch.rand(mazes, views, generator=g) * 2 * math.pi - math.pi
+    poses = torch.cat([xy, torch.zeros(mazes, views, 1), yaw.cos()[..., None], yaw.sin()[..., None],
+                       torch.ones(mazes, views, 1), torch.zeros(mazes, views, 1)], -1)
+    frames = torch.rand(mazes, views, 3, size, size, generator=g)
+    return HotelBatch(frames.flatten(0, 1)[None], poses.flatten(0, 1)[None], torch.zeros(1, mazes, 3, size, size),
+                      torch.zeros(1, mazes, 7), origin, grid, ())
+
+
+def test_nearest_view_is_exact_when_the_query_pose_is_a_context_pose():
+    batch = synthetic_batch()
+    frames, poses = evaluate.maze_contexts(batch)  # (1, M, C, ...)
+    chosen = torch.tensor([2, 0, 3, 1])  # a different context view of each maze
+    mazes = torch.arange(4)
+    batch = batch._replace(query_frames=frames[0, mazes, chosen][None], query_poses=poses[0, mazes, chosen][None])
+    answer = evaluate.nearest_view(batch)
+    assert torch.equal(answer, batch.query_frames.flatten(0, 1))
+    row = evaluate.finish(evaluate.image_row(answer, batch.query_frames.flatten(0, 1)), 4)
+    assert row["mse"] == 0 and row["psnr"] == math.inf and row["ssim"] == pytest.approx(1.0)
+    # The mean image is the mean of the query's own maze's context views.
+    assert torch.allclose(evaluate.mean_view(batch), frames[0].mean(1))
+
+
+def test_pose_distance_weighs_position_and_wrapped_yaw():
+    def pose(x, y, yaw):
+        return torch.tensor([x, y, 0.0, math.cos(yaw), math.sin(yaw), 1.0, 0.0])
+
+    assert evaluate.pose_distance(pose(0, 0, 3.1), pose(0, 0, -3.1)).item() == pytest.approx(
+        evaluate.YAW_WEIGHT * (2 * math.pi - 6.2), abs=1e-5)
+    assert evaluate.pose_distance(pose(0, 0, 0), pose(0.3, 0.4, math.pi / 2)).item() == pytest.approx(
+        0.5 + evaluate.YAW_WEIGHT * math.pi / 2, abs=1e-5)
+
+
+# ---- inputs ----------------------------------------------------------------------------------------
+@requires_shared
+def test_models_with_fewer_context_views_see_the_same_queries_and_a_subset_of_the_contexts():
+    load = evaluate.EpisodeCache(MAZES)
+    plans = evaluate.evaluation_plans(seed=3, hotels=2, n_episodes=len(load), grid=2, context_views=8)
+    again = evaluate.evaluation_plans(seed=3, hotels=2, n_episodes=len(load), grid=2, context_views=8)
+    assert evaluate.plan_digest(plans) == evaluate.plan_digest(again)
+    assert evaluate.plan_digest(plans) != evaluate.plan_digest(
+        evaluate.evaluation_plans(seed=4, hotels=2, n_episodes=len(load), grid=2, context_views=8))
+    full = build_hotels(evaluate.merged(plans), load, 16)
+    fewer = build_hotels(evaluate.merged([evaluate.with_context_views(p, 3) for p in plans]), load, 16)
+    assert full.context_frames.shape == (2, 4 * 8, 3, 16, 16)
+    assert torch.equal(full.query_frames, fewer.query_frames) and torch.equal(full.query_poses, fewer.query_poses)
+    assert torch.equal(full.context_frames.unflatten(1, (4, 8))[:, :, :3], fewer.context_frames.unflatten(1, (4, 3)))
+
+
+# ---- the whole run ---------------------------------------------------------------------------------
+@requires_shared
+def test_evaluation_is_finite_consistent_reproducible_and_writes_its_reports(checkpoints, tmp_path, capsys):
+    gen, gqn = checkpoints
+    args = evaluate.parse_args(["--saved_model", str(gen), "--saved_model", str(gqn), "--saved_model", str(gen),
+                                "--test_data_dir", str(MAZES), "--grids", "1", "2", "--episodes", "1",
+                                "--batch_size", "1", "--out", str(tmp_path / "eval"), "--device", "cpu"])
+    rows = evaluate.main(args)
+    labels = {row["model"] for row in rows}
+    assert labels == {"GEN (gen.pt)", "GQN (gqn.pt)", "GEN (gen.pt) #2", evaluate.NEAREST, evaluate.MEAN}
+    assert len(rows) == 2 * 5
+    for row in rows:
+        assert row["queries"] == row["grid"] ** 2 and row["hotels"] == 1
+        assert 0 < row["mse"] < 1 and math.isfinite(row["ssim"])
+        assert row["psnr"] == pytest.approx(-10 * math.log10(row["mse"]), rel=1e-9)
+        if "neg_elbo" in row:  # a model row
+            assert math.isfinite(row["neg_elbo"]) and row["kl"] >= 0
+            assert row["neg_elbo"] > row["kl"]
+            assert row["bits_per_dim"] == pytest.approx(row["neg_elbo"] / (3 * 16 * 16 * math.log(2)))
+            assert row["rec_psnr"] == pytest.approx(-10 * math.log10(row["rec_mse"]), rel=1e-9)
+    for grid in (1, 2):
+        at_grid = [row for row in rows if row["grid"] == grid]
+        assert len({row["inputs"] for row in at_grid}) == 1, "every model must see identical inputs"
+        first, repeat = (next(r for r in at_grid if r["model"] == label) for label in ("GEN (gen.pt)", "GEN (gen.pt) #2"))
+        metrics = ("neg_elbo", "kl", "mse", "ssim", "rec_mse")
+        assert {k: first[k] for k in metrics} == {k: repeat[k] for k in metrics}, "seeded samples must repeat"
+    assert rows[0]["inputs"] != rows[-1]["inputs"]
+
+    out = tmp_path / "eval"
+    with open(out / "metrics.csv") as file:
+        table = list(csv.DictReader(file))
+    assert len(table) == len(rows) and tuple(table[0]) == evaluate.COLUMNS
+    assert float(table[0]["psnr"]) == pytest.approx(rows[0]["psnr"], rel=1e-6)
+    markdown = (out / "metrics.md").read_text()
+    assert "| grid | GEN (gen.pt) | GQN (gqn.pt) | GEN (gen.pt) #2 | nearest context view | mean image |" in markdown
+    assert "sigma 0.7" in markdown
+    assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "PSNR of generated views" in capsys.readouterr().out
+
+
+# ---- errors ----------------------------------------------------------------------------------------
+def run_cli(capsys, *argv):
+    code = evaluate.cli(list(argv) + ["--out", "unused", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_missing_or_bad_checkpoints_and_data_give_one_line_errors(checkpoints, tmp_path, capsys):
+    gen, _ = checkpoints
+    data = str(MAZES) if MAZES.is_dir() else str(tmp_path)
+    code, err = run_cli(capsys, "--saved_model", str(tmp_path / "nope.pt"), "--test_data_dir", data)
+    assert code == 2 and "nope.pt does not exist" in err and "\n" not in err
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    code, err = run_cli(capsys, "--saved_model", str(junk), "--test_data_dir", data)
+    assert code == 2 and "junk.pt" in err and "\n" not in err
+    code, err = run_cli(capsys, "--saved_model", str(gen), "--test_data_dir", str(tmp_path / "missing"))
+    assert code == 2 and "missing" in err and "\n" not in err
+    code, err = run_cli(capsys, "--saved_model", str(gen), "--test_data_dir", data, "--grids", "2", "6")
+    assert code == 2 and "grid 6x6 is too big for the world (5x5 mazes)" in err and "\n" not in err
+
+
+def test_too_many_mazes_for_the_episodes_in_the_directory(checkpoints, tmp_path, capsys):
+    import shutil
+
+    if not MAZES.is_dir():
+        pytest.skip(f"needs the real episodes in {MAZES}")
+    for name in ("0.pt", "1.pt", "2.pt"):
+        shutil.copy(MAZES / name, tmp_path / name)
+    code, err = run_cli(capsys, "--saved_model", str(checkpoints[0]), "--test_data_dir", str(tmp_path),
+                        "--grids", "1", "2")
+    assert code == 2 and "grid 2x2 needs 4 distinct episodes" in err and "holds 3" in err
+
+
+def test_the_script_exits_nonzero_with_one_line_and_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "evaluate.py", "--saved_model", str(tmp_path / "absent.pt"),
+                             "--test_data_dir", str(tmp_path), "--grids", "7", "--out", str(tmp_path / "o")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert "grid 7x7 is too big" in result.stderr
