@@ -1,0 +1,185 @@
+"""The model: GEN geometry, both composers, the DRAW renderer, and the original parameter layout."""
+import re
+
+import pytest
+import torch
+
+from models.gen import GraphComposer
+from models.gqn import SummedComposer
+from models.renderer import gaussian_kl
+from models.scene import ModelConfig, SceneModel, clean_state_dict, unwrap
+from models.structure import CELL, SPACING, GridStructure, nodes_per_side
+from utils.hotel import POSE_EXTENT, maze_cells, maze_to_world
+from tests.conftest import SHARED, requires_shared
+
+TINY = dict(img_size=16, layers=2)
+
+
+@pytest.mark.parametrize("grid", [1, 2, 3, 5])
+def test_lattice_has_4k_plus_1_nodes_per_side_and_nearest_neighbour_edges(grid):
+    structure = GridStructure(grid)
+    side = 4 * (grid - 1) + 5
+    assert nodes_per_side(grid) == side and structure.num_nodes == side * side
+    pairs = set(zip(structure.source.tolist(), structure.sink.tolist()))
+    assert len(pairs) == len(structure.source) == 2 * 2 * side * (side - 1)
+    assert all((b, a) in pairs for a, b in pairs), "edges must be bidirectional"
+    offsets = structure.node_offsets
+    lengths = (offsets[structure.source] - offsets[structure.sink]).norm(dim=1)
+    assert torch.allclose(lengths, torch.full_like(lengths, SPACING))
+    assert torch.allclose(offsets.max(0).values, torch.full((2,), CELL * grid))
+
+
+def test_bilinear_weights_sum_to_one_and_reproduce_the_point():
+    structure = GridStructure(3)
+    origin = torch.tensor([[-1.0, -1.0], [2.5, 0.3]])
+    points = origin[:, None, :] + torch.rand(2, 50, 2) * CELL * 3
+    weights = structure.bilinear_weights(points, origin)
+    assert (weights >= 0).all()
+    assert ((weights > 0).sum(-1) <= 4).all()
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 50))
+    assert torch.allclose(weights @ structure.node_positions(origin), points, atol=1e-5)
+
+
+def test_a_point_on_a_node_puts_all_its_weight_there():
+    structure = GridStructure(2)
+    origin = torch.tensor([[0.5, -1.0]])
+    positions = structure.node_positions(origin)  # (1, nodes, 2)
+    weights = structure.bilinear_weights(positions, origin)[0]
+    assert torch.allclose(weights, torch.eye(structure.num_nodes), atol=1e-6)
+
+
+def test_pose_extent_stretches_onto_the_maze_cell():
+    low, high = POSE_EXTENT
+    corners = torch.tensor([[low, low], [high, high]])
+    origin = torch.tensor([3.0, -1.0])
+    world = maze_to_world(corners, torch.tensor([1.0, 0.0]), origin)
+    assert torch.allclose(world, torch.tensor([[5.0, -1.0], [7.0, 1.0]]))
+    raw = maze_to_world(torch.zeros(2), torch.tensor([1.0, 0.0]), origin, raw=True)
+    assert torch.allclose(raw, torch.tensor([6.0, 0.0]))  # the original: pose 0 at the cell centre
+
+
+def random_hotel(grid, hotels=2, views=3, size=16):
+    mazes = grid * grid
+    origin = torch.rand(hotels, 2) * 2 - 1
+    cells = maze_cells(grid).repeat_interleave(views, 0)  # (M * V, 2)
+    local = torch.empty(hotels, mazes * views, 2).uniform_(*POSE_EXTENT)
+    xy = maze_to_world(local, cells, origin[:, None, :])
+    yaw = torch.rand(hotels, mazes * views, 1) * 6.28
+    poses = torch.cat([xy, torch.zeros_like(yaw), yaw.cos(), yaw.sin(), torch.ones_like(yaw), torch.zeros_like(yaw)], -1)
+    frames = torch.rand(hotels, mazes * views, 3, size, size)
+    return frames, poses, origin
+
+
+@pytest.mark.parametrize("grid", [1, 2, 3])
+@pytest.mark.parametrize("composer_class, width", [(GraphComposer, 312), (SummedComposer, 480)])
+def test_composers_give_one_vector_per_query(grid, composer_class, width):
+    composer = composer_class()
+    frames, poses, origin = random_hotel(grid)
+    queries = poses[:, ::3]  # (N, M, 7)
+    with torch.no_grad():
+        r = composer(frames, poses, queries, origin, grid)
+    assert r.shape == (2, grid * grid, width) and composer.output_dim == width
+    assert torch.isfinite(r).all()
+
+
+def query_at_maze_centre(maze, grid, origin):
+    centre = maze_to_world(torch.full((2,), sum(POSE_EXTENT) / 2), maze_cells(grid)[maze], origin[0])
+    return torch.cat([centre, torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])])[None, None]  # (1, 1, 7)
+
+
+def test_a_gen_query_reads_its_own_maze_while_gqn_mixes_all_mazes():
+    # Corner mazes of a 3x3 hotel are 16 lattice hops apart, more than the 9 message-passing steps:
+    # what is written into maze 8 cannot reach a query at the centre of maze 0 - but reaches maze 8's.
+    torch.manual_seed(0)
+    grid, views = 3, 2
+    frames, poses, origin = random_hotel(grid, hotels=1, views=views)
+    changed = frames.clone()
+    changed[:, 8 * views:] = torch.rand_like(changed[:, 8 * views:])
+    queries = torch.cat([query_at_maze_centre(0, grid, origin), query_at_maze_centre(8, grid, origin)], 1)
+    for composer, own_maze_only in ((GraphComposer(), True), (SummedComposer(), False)):
+        with torch.no_grad():
+            before = composer(frames, poses, queries, origin, grid)
+            after = composer(changed, poses, queries, origin, grid)
+        assert torch.equal(before[0, 0], after[0, 0]) == own_maze_only
+        assert not torch.equal(before[0, 1], after[0, 1])
+
+
+def test_every_query_reads_only_nodes_of_its_own_maze_cell():
+    grid = 2
+    structure = GridStructure(grid)
+    frames, poses, origin = random_hotel(grid, hotels=1, views=20)
+    weights = structure.bilinear_weights(poses[..., :2], origin)[0]  # (M * V, nodes)
+    node_cell = ((structure.node_offsets.unsqueeze(0) - CELL * maze_cells(grid).unsqueeze(1)) / CELL)  # (M, nodes, 2)
+    in_cell = ((node_cell >= -1e-6) & (node_cell <= 1 + 1e-6)).all(-1).float()  # (M, nodes)
+    own = in_cell.repeat_interleave(20, 0)
+    assert torch.allclose((weights * own).sum(-1), torch.ones(len(weights)))
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_renderer_losses_are_finite_and_images_in_range(baseline):
+    torch.manual_seed(0)
+    model = SceneModel(ModelConfig(baseline=baseline, **TINY))
+    frames, poses, origin = random_hotel(2)
+    query_frames, query_poses = frames[:, ::3], poses[:, ::3]
+    losses = model(frames, poses, query_frames, query_poses, origin, 2, sigma=2.0)
+    assert losses.loss.shape == (8,) and torch.isfinite(losses.loss).all()
+    assert torch.allclose(losses.loss, losses.nll + losses.kl) and (losses.kl >= 0).all()
+    losses.loss.mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    with torch.no_grad():
+        for images in (model.render(frames, poses, query_poses, origin, 2),
+                       model.render(frames, poses, query_poses, origin, 2, query_frames)):
+            assert images.shape == (8, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
+
+
+def test_gaussian_kl_is_zero_for_equal_and_positive_for_different_distributions():
+    mu, logvar = torch.randn(10), torch.randn(10)
+    assert torch.allclose(gaussian_kl(mu, logvar, mu, logvar), torch.zeros(10), atol=1e-6)
+    assert (gaussian_kl(mu + 1, logvar, mu, logvar) > 0).all()
+    # against torch.distributions on one case
+    q, p = torch.distributions.Normal(0.3, 0.5), torch.distributions.Normal(-0.2, 1.5)
+    expected = torch.distributions.kl_divergence(q, p)
+    got = gaussian_kl(torch.tensor(0.3), torch.tensor(0.25).log(), torch.tensor(-0.2), torch.tensor(2.25).log())
+    assert torch.allclose(got, expected)
+
+
+def test_invalid_image_size_is_refused():
+    with pytest.raises(ValueError, match="img_size"):
+        ModelConfig(img_size=48)
+
+
+def test_wrapper_prefixes_are_stripped():
+    model = SceneModel(ModelConfig(**TINY))
+    wrapped = torch.nn.DataParallel(model)
+    state = clean_state_dict({"_orig_mod.module." + k: v for k, v in wrapped.module.state_dict().items()})
+    assert state.keys() == model.state_dict().keys()
+    assert unwrap(wrapped) is model
+
+
+def reference_shapes(section):
+    text = (SHARED / "reference" / "original_state_dict.txt").read_text()
+    blocks = dict(re.findall(r"# (\w+) \d+\n(.*?)(?=\n# |\Z)", text, re.S))
+    return {name: tuple(int(d) for d in re.findall(r"\d+", shape))
+            for name, shape in (line.split(" ", 1) for line in blocks[section].strip().splitlines())}
+
+
+@requires_shared
+@pytest.mark.parametrize("baseline, section", [(False, "GEN"), (True, "baseline")])
+def test_parameters_match_the_original_implementation(baseline, section):
+    model = SceneModel(ModelConfig(baseline=baseline))
+    mine = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    assert mine == reference_shapes(section)
+
+
+def test_static_work_runs_once_per_forward_not_once_per_layer():
+    model = SceneModel(ModelConfig(img_size=16, layers=4))
+    counts = {"prepare": 0, "transposed_conv": 0}
+    for core in (model.inference_core, model.generation_core):
+        core.upsample_r.register_forward_hook(lambda *_: counts.__setitem__("transposed_conv", 1))
+        prepare = core.prepare
+        core.prepare = lambda *a, _prepare=prepare: (counts.__setitem__("prepare", counts["prepare"] + 1),
+                                                      _prepare(*a))[1]
+    frames, poses, origin = random_hotel(1)
+    model(frames, poses, frames[:, :1], poses[:, :1], origin, 1, sigma=1.0)
+    assert counts["prepare"] == 2  # once per core, not once per layer
+    assert counts["transposed_conv"] == 0  # r is upsampled by a matrix product, never the convolution
