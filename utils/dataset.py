@@ -39,7 +39,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_jpeg
 
 __all__ = [
     "EpisodeError",
@@ -109,6 +108,13 @@ def _latin1_encode(text, encoding="utf-8", errors="strict"):
     return text.encode("latin-1")
 
 
+def _empty_bytes(*args):
+    # Protocol 2 pickles b"" (e.g. the data of an empty array) as bytes(); admit only that call.
+    if args:
+        raise pickle.UnpicklingError("bytes() is admitted only without arguments")
+    return b""
+
+
 _ALLOWED_GLOBALS = {
     ("__main__", "Scene"): _LegacyScene,
     ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
@@ -116,6 +122,8 @@ _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): _latin1_encode,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 
@@ -271,6 +279,16 @@ def save_episode(path: str | os.PathLike, frames: Sequence[bytes], cameras: np.n
 
 
 # ---- decoding --------------------------------------------------------------------------------------
+def _decode_jpeg(data):
+    """torchvision.io.decode_jpeg to RGB uint8 (3, H, W); ``data`` a uint8 tensor or a list of them.
+
+    torchvision is imported on first use: listing, loading, saving and converting do not need it.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(data, mode=ImageReadMode.RGB)
+
+
 def decode_views(episode: Episode, indices: Iterable[int], img_size: int) -> torch.Tensor:
     """Decode just the chosen views: (len(indices), 3, img_size, img_size) float32 in [0, 1].
 
@@ -285,11 +303,11 @@ def decode_views(episode: Episode, indices: Iterable[int], img_size: int) -> tor
         return torch.zeros(0, 3, img_size, img_size)
     data = [torch.frombuffer(bytearray(episode.frames[i]), dtype=torch.uint8) for i in idx]
     try:
-        images = decode_jpeg(data, mode=ImageReadMode.RGB)
+        images = _decode_jpeg(data)
     except RuntimeError:
         for i, d in zip(idx, data):  # find which view is at fault, for the message
             try:
-                decode_jpeg(d, mode=ImageReadMode.RGB)
+                _decode_jpeg(d)
             except RuntimeError as e:
                 raise EpisodeError(f"{episode.path or '<episode>'}: view {i}: undecodable JPEG ({e})") from None
         raise
@@ -333,7 +351,7 @@ def episode_info(path: str | os.PathLike) -> dict:
     """The ``info`` record of one episode file: path, frames, height, width, x/y/yaw ranges, sha256s."""
     episode = load_episode(path)
     try:  # the image size is read from the first view alone
-        image = decode_jpeg(torch.frombuffer(bytearray(episode.frames[0]), dtype=torch.uint8))
+        image = _decode_jpeg(torch.frombuffer(bytearray(episode.frames[0]), dtype=torch.uint8))
     except RuntimeError as e:
         raise EpisodeError(f"{episode.path}: view 0: undecodable JPEG ({e})") from None
     frames_sha, cameras_sha = episode_digests(episode)

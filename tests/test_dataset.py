@@ -1,0 +1,362 @@
+"""Episode files: listing, safe loading (legacy pickles, gzip, our format), saving, decoding, poses, info."""
+
+import gzip
+import io
+import json
+import os
+import pickle
+import pickletools
+import sys
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import torch
+import torchvision.io
+from PIL import Image
+
+import utils.dataset as dataset
+from tests.conftest import SHARED_MAZES, requires_shared
+from utils.dataset import (
+    EPISODE_SUFFIXES,
+    Episode,
+    EpisodeError,
+    decode_views,
+    episode_info,
+    list_episodes,
+    load_episode,
+    pose_vectors,
+    save_episode,
+)
+
+TRAIN = SHARED_MAZES / "train"
+MANIFEST = SHARED_MAZES / "tfrecord" / "0000-of-sample.manifest.json"
+INFO_KEYS = ["path", "frames", "height", "width", "x_range", "y_range", "yaw_range", "frames_sha256", "cameras_sha256"]
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+def jpeg(color=(200, 30, 60), size=84) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def tiny_episode(n=4):
+    frames = [jpeg((40 * i % 256, 100, 255 - 40 * i % 256)) for i in range(n)]
+    cameras = np.stack([np.linspace(-0.3, 0.2, n), np.linspace(0.1, -0.2, n), np.zeros(n),
+                        np.linspace(-3, 3, n), np.zeros(n)], axis=1).astype(np.float32)  # (n, 5)
+    return frames, cameras
+
+
+def legacy_bytes(*objects, protocol=2) -> bytes:
+    """The legacy torch.save stream layout: magic, protocol version, sys_info, object, storage keys."""
+    sys_info = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
+    header = [0x1950A86A20F9469CFC6C, 1001, sys_info]
+    return b"".join(pickle.dumps(o, protocol=protocol) for o in [*header, *objects, []])
+
+
+@pytest.fixture
+def main_scene(monkeypatch):
+    """A Scene namedtuple that pickles as __main__.Scene, like the original tools' files."""
+    scene = namedtuple("Scene", ["frames", "cameras"])
+    scene.__module__ = "__main__"
+    monkeypatch.setattr(sys.modules["__main__"], "Scene", scene, raising=False)
+    return scene
+
+
+def write_legacy(path, scene_cls, frames, cameras):
+    frames_array = np.empty(len(frames), dtype=object)
+    frames_array[:] = frames
+    path.write_bytes(legacy_bytes(scene_cls(frames_array, cameras)))
+    return path
+
+
+class Payload:
+    """Unpickling this runs `touch MARKER`: what a malicious episode file would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+# ---- listing -----------------------------------------------------------------------------------------
+def test_list_episodes_filters_and_sorts(tmp_path):
+    for name in ["b.pt.gz", "a.pt", "c.png", "notes.txt", ".a.pt.1234.tmp", ".hidden.pt", "x.pt.bak"]:
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub.pt").mkdir()
+    assert list_episodes(tmp_path) == [tmp_path / "a.pt", tmp_path / "b.pt.gz"]
+    assert EPISODE_SUFFIXES == (".pt", ".pt.gz")
+
+
+def test_list_episodes_missing_or_empty(tmp_path):
+    with pytest.raises(EpisodeError, match="nope"):
+        list_episodes(tmp_path / "nope")
+    (tmp_path / "map.png").write_bytes(b"x")
+    with pytest.raises(EpisodeError, match=str(tmp_path)):
+        list_episodes(tmp_path)
+
+
+# ---- the shared real episodes --------------------------------------------------------------------------
+@requires_shared
+def test_list_shared_train():
+    paths = list_episodes(TRAIN)
+    assert len(paths) == 31 and paths == sorted(paths) and all(p.suffix == ".pt" for p in paths)
+
+
+@requires_shared
+def test_load_shared_episode_values():
+    episode = load_episode(TRAIN / "0.pt")
+    assert isinstance(episode, Episode) and episode.path == str(TRAIN / "0.pt")
+    assert len(episode) == len(episode.frames) == 300
+    assert all(isinstance(f, bytes) and f[:2] == b"\xff\xd8" for f in episode.frames)
+    assert episode.cameras.shape == (300, 5) and episode.cameras.dtype == np.float32
+    x, y, z, yaw, pitch = episode.cameras.T
+    assert (x >= -0.4).all() and (x <= 0.3).all() and (y >= -0.4).all() and (y <= 0.3).all()
+    assert (z == 0).all() and (pitch == 0).all() and (np.abs(yaw) <= np.pi).all()
+
+
+@requires_shared
+def test_info_sha256_matches_manifest():
+    manifest = json.loads(MANIFEST.read_text())
+    for entry in manifest:
+        info = episode_info(TRAIN / entry["source"])
+        assert list(info) == INFO_KEYS
+        assert (info["frames"], info["height"], info["width"]) == (entry["n_frames"], 84, 84)
+        assert info["frames_sha256"] == entry["frames_sha256"]
+        assert info["cameras_sha256"] == entry["cameras_sha256"]
+
+
+@requires_shared
+def test_legacy_gzip_and_gzip_detected_by_magic(tmp_path):
+    raw = (TRAIN / "1.pt").read_bytes()
+    reference = load_episode(TRAIN / "1.pt")
+    for name in ["1.pt.gz", "misnamed.pt"]:  # gzip is recognised by its bytes, whatever the name
+        (tmp_path / name).write_bytes(gzip.compress(raw))
+        episode = load_episode(tmp_path / name)
+        assert episode.frames == reference.frames
+        np.testing.assert_array_equal(episode.cameras, reference.cameras)
+
+
+def pickle_globals(data: bytes) -> set:
+    """The globals a (multi-pickle) stream refers to, read with pickletools (nothing is executed)."""
+    stream, found = io.BytesIO(data), set()
+    while stream.tell() < len(data):
+        for op, arg, _ in pickletools.genops(stream):
+            if op.name == "GLOBAL":
+                found.add(arg.replace("numpy._core.", "numpy.core."))
+    return found
+
+
+@requires_shared
+def test_our_legacy_writer_matches_real_files(tmp_path, main_scene):
+    """The test helper writes what the original tools wrote (so the synthetic cases below are realistic)."""
+    real = load_episode(TRAIN / "2.pt")
+    copy = write_legacy(tmp_path / "2.pt", main_scene, real.frames, real.cameras[None])  # (1, 300, 5)
+    expected = {"__main__ Scene", "numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype", "_codecs encode"}
+    assert pickle_globals((TRAIN / "2.pt").read_bytes()) == pickle_globals(copy.read_bytes()) == expected
+    again = load_episode(copy)
+    assert again.frames == real.frames and np.array_equal(again.cameras, real.cameras)
+
+
+# ---- security ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["as the episode", "as the magic number", "inside the frames", "gzipped"])
+def test_malicious_pickle_refused_and_not_run(tmp_path, main_scene, where):
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "evil.pt"
+    if where == "as the episode":
+        data = legacy_bytes(Payload(marker))
+    elif where == "as the magic number":
+        data = pickle.dumps(Payload(marker), protocol=2)
+    elif where == "inside the frames":
+        data = legacy_bytes(main_scene([jpeg(), Payload(marker)], np.zeros((1, 2, 5), np.float32)))
+    else:
+        path = tmp_path / "evil.pt.gz"
+        data = gzip.compress(legacy_bytes(Payload(marker)))
+    path.write_bytes(data)
+    with pytest.raises(EpisodeError, match=r"refused.*(posix|os)\.system") as err:
+        load_episode(path)
+    assert str(path) in str(err.value)
+    assert not marker.exists()
+
+
+def test_malicious_zip_refused_and_not_run(tmp_path):
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "evil.pt"
+    torch.save({"frames": Payload(marker)}, path)  # a zip-format torch.save carrying the payload
+    with pytest.raises(EpisodeError, match="evil.pt"):
+        load_episode(path)
+    assert not marker.exists()
+
+
+def test_refuses_other_globals_and_codecs_misuse(tmp_path, main_scene):
+    path = tmp_path / "odd.pt"
+    path.write_bytes(legacy_bytes(main_scene([jpeg()], torch.zeros(1, 5))))  # a tensor is not episode data
+    with pytest.raises(EpisodeError, match="odd.pt"):
+        load_episode(path)
+
+
+# ---- corrupt or invalid files ----------------------------------------------------------------------------
+def test_corrupt_and_truncated_files(tmp_path, main_scene):
+    frames, cameras = tiny_episode()
+    good_legacy = write_legacy(tmp_path / "legacy.pt", main_scene, frames, cameras[None]).read_bytes()
+    save_episode(tmp_path / "ours.pt", frames, cameras)
+    save_episode(tmp_path / "ours.pt.gz", frames, cameras)
+    cases = {
+        "empty.pt": b"",
+        "garbage.pt": os.urandom(4096),
+        "text.pt": b"hello, I am not an episode\n",
+        "legacy_truncated.pt": good_legacy[: len(good_legacy) // 2],
+        "legacy_header_only.pt": good_legacy[:60],
+        "ours_truncated.pt": (tmp_path / "ours.pt").read_bytes()[:-300],
+        "gz_truncated.pt.gz": (tmp_path / "ours.pt.gz").read_bytes()[:-100],
+        "gz_garbage.pt.gz": b"\x1f\x8b" + os.urandom(200),
+        "wrong_object.pt": legacy_bytes({"frames": frames}),
+    }
+    assert load_episode(tmp_path / "legacy.pt").frames == frames
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(EpisodeError) as err:
+            load_episode(tmp_path / name)
+        assert str(tmp_path / name) in str(err.value), name
+    with pytest.raises(EpisodeError, match="missing.pt"):
+        load_episode(tmp_path / "missing.pt")
+
+
+def test_wrong_camera_count_and_bad_values(tmp_path, main_scene):
+    frames, cameras = tiny_episode(4)
+    for name, cams, pattern in [
+        ("short.pt", cameras[None, :3], r"shape \(3, 5\), expected \(4, 5\)"),
+        ("wide.pt", np.zeros((4, 6), np.float32), "expected"),
+        ("nan.pt", np.where(np.eye(4, 5, dtype=bool), np.nan, cameras).astype(np.float32), "non-finite"),
+    ]:
+        path = write_legacy(tmp_path / name, main_scene, frames, cams)
+        with pytest.raises(EpisodeError, match=pattern) as err:
+            load_episode(path)
+        assert str(path) in str(err.value)
+    with pytest.raises(EpisodeError, match="ours.pt"):
+        save_episode(tmp_path / "ours.pt", frames, cameras[:3])
+    assert not (tmp_path / "ours.pt").exists()
+
+
+def test_not_jpeg_and_no_frames(tmp_path, main_scene):
+    frames, cameras = tiny_episode(4)
+    frames[2] = b"GIF89a" + frames[2][2:]
+    with pytest.raises(EpisodeError, match="frame 2 is not a JPEG"):
+        load_episode(write_legacy(tmp_path / "gif.pt", main_scene, frames, cameras))
+    with pytest.raises(EpisodeError, match="no frames"):
+        load_episode(write_legacy(tmp_path / "none.pt", main_scene, [], np.zeros((0, 5), np.float32)))
+
+
+def test_undecodable_jpeg_names_file_and_view(tmp_path):
+    frames, cameras = tiny_episode(4)
+    frames[1] = b"\xff\xd8" + b"\x00" * 200  # JPEG start marker, garbage after it
+    save_episode(tmp_path / "bad.pt", frames, cameras)
+    episode = load_episode(tmp_path / "bad.pt")  # loading decodes nothing, so it succeeds
+    assert decode_views(episode, [0, 2, 3], 16).shape == (3, 3, 16, 16)
+    with pytest.raises(EpisodeError, match=r"bad\.pt: view 1: undecodable JPEG"):
+        decode_views(episode, [0, 1], 16)
+
+
+# ---- our format ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["ep.pt", "ep.pt.gz"])
+def test_save_load_round_trip(tmp_path, name):
+    frames, cameras = tiny_episode(5)
+    path = tmp_path / name
+    save_episode(path, frames, cameras)
+    save_episode(path, frames, cameras)  # overwriting is fine (atomic replace)
+    assert sorted(os.listdir(tmp_path)) == [name]  # no temporary files left behind
+    assert (path.read_bytes()[:2] == b"\x1f\x8b") == name.endswith(".gz")
+    episode = load_episode(path)
+    assert episode.frames == frames and episode.path == str(path)
+    assert episode.cameras.dtype == np.float32 and np.array_equal(episode.cameras, cameras)
+    raw = path.read_bytes()
+    record = torch.load(io.BytesIO(gzip.decompress(raw) if name.endswith(".gz") else raw), weights_only=True)
+    assert set(record) == {"frames", "frame_offsets", "cameras"}
+    assert record["frames"].dtype == torch.uint8 and record["frame_offsets"].dtype == torch.int64
+    assert record["frame_offsets"].tolist() == [0, *np.cumsum([len(f) for f in frames]).tolist()]
+    assert record["cameras"].dtype == torch.float32 and record["cameras"].shape == (5, 5)
+
+
+@requires_shared
+def test_shared_episode_survives_our_format(tmp_path):
+    real = load_episode(TRAIN / "3.pt")
+    save_episode(tmp_path / "3.pt.gz", real.frames, real.cameras)
+    again = load_episode(tmp_path / "3.pt.gz")
+    assert again.frames == real.frames and np.array_equal(again.cameras, real.cameras)
+
+
+# ---- decoding --------------------------------------------------------------------------------------------
+def test_decode_only_requested_views(tmp_path, monkeypatch):
+    frames, cameras = tiny_episode(6)
+    save_episode(tmp_path / "ep.pt", frames, cameras)
+    calls = []
+    real_decode = torchvision.io.decode_jpeg
+
+    def spy(data, *args, **kwargs):
+        calls.append([bytes(t.numpy()) for t in (data if isinstance(data, list) else [data])])
+        return real_decode(data, *args, **kwargs)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", spy)
+    episode = load_episode(tmp_path / "ep.pt")
+    assert calls == []  # loading decodes nothing
+    views = decode_views(episode, [4, 0, 2], 32)
+    assert calls == [[frames[4], frames[0], frames[2]]]
+    assert views.shape == (3, 3, 32, 32)
+
+
+def test_decode_views_values():
+    frames, cameras = tiny_episode(3)
+    episode = Episode(frames, cameras)
+    full = decode_views(episode, [1], 84)  # no resize: exactly the decoded pixels / 255
+    expected = torch.from_numpy(np.asarray(Image.open(io.BytesIO(frames[1])).convert("RGB"))).permute(2, 0, 1)
+    assert full.dtype == torch.float32 and full.shape == (1, 3, 84, 84)
+    assert torch.equal(full[0], expected.float() / 255)
+    small = decode_views(episode, np.array([1, 1]), 16)  # numpy indices, repeats allowed
+    assert small.shape == (2, 3, 16, 16) and 0 <= small.min() and small.max() <= 1
+    assert torch.allclose(small.mean(dim=(2, 3)), full.mean(dim=(2, 3)).expand(2, 3), atol=2 / 255)
+    assert decode_views(episode, [], 16).shape == (0, 3, 16, 16)
+    with pytest.raises(IndexError):
+        decode_views(episode, [3], 16)
+
+
+@requires_shared
+def test_decode_shared_views_match_pil_resize():
+    episode = load_episode(TRAIN / "0.pt")
+    ours = decode_views(episode, [7, 150], 64)
+    pil = [np.asarray(Image.open(io.BytesIO(episode.frames[i])).convert("RGB").resize((64, 64), Image.BILINEAR))
+           for i in [7, 150]]
+    pil = torch.from_numpy(np.stack(pil)).permute(0, 3, 1, 2).float() / 255
+    assert (ours - pil).abs().mean() < 0.01  # same antialiased bilinear filter, up to decoder/rounding
+
+
+# ---- poses ---------------------------------------------------------------------------------------------
+def test_pose_vectors_order():
+    x, y, z, yaw, pitch = 0.1, -0.2, 0.3, 0.5, -0.25
+    poses = pose_vectors(np.array([[x, y, z, yaw, pitch]], dtype=np.float32))
+    expected = torch.tensor([[x, y, z, np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch)]], dtype=torch.float32)
+    assert poses.dtype == torch.float32 and torch.allclose(poses, expected)
+    assert pose_vectors(torch.zeros(2, 3, 5)).shape == (2, 3, 7)
+    with pytest.raises(ValueError):
+        pose_vectors(torch.zeros(4, 7))
+
+
+# ---- info CLI ------------------------------------------------------------------------------------------
+def test_info_cli_json_text_and_errors(tmp_path, capsys):
+    frames, cameras = tiny_episode(4)
+    save_episode(tmp_path / "a.pt", frames, cameras)
+    save_episode(tmp_path / "c.pt.gz", frames, cameras)
+    (tmp_path / "b.pt").write_bytes(b"corrupt")
+    assert dataset.main(["info", "--json", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["path"] for r in rows] == [str(tmp_path / "a.pt"), str(tmp_path / "c.pt.gz")]  # b.pt did not stop c
+    assert all(list(r) == INFO_KEYS for r in rows)
+    assert rows[0]["frames"] == 4 and (rows[0]["height"], rows[0]["width"]) == (84, 84)
+    assert rows[0]["x_range"] == [float(cameras[:, 0].min()), float(cameras[:, 0].max())]
+    assert rows[0]["frames_sha256"] == rows[1]["frames_sha256"]
+    assert err.count("error:") == 1 and str(tmp_path / "b.pt") in err
+    assert dataset.main(["info", str(tmp_path / "a.pt")]) == 0
+    out, _ = capsys.readouterr()
+    assert "4 frames 84x84" in out and rows[0]["cameras_sha256"] in out
