@@ -11,14 +11,8 @@ import torch
 import evaluate
 from models.scene import ModelConfig, SceneModel
 from utils.checkpoint import save_checkpoint
+from tests.conftest import SHARED, requires_shared
 from utils.hotel import HotelBatch, build_hotels, maze_cells
-
-try:
-    from tests.conftest import SHARED, requires_shared
-except ImportError:  # conftest not there yet: the same contract, locally
-    SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-    requires_shared = pytest.mark.skipif(not (SHARED / "mazes" / "train").is_dir(),
-                                         reason=f"needs the real episodes in {SHARED}/mazes/train")
 
 REPO = Path(__file__).resolve().parents[1]
 MAZES = SHARED / "mazes" / "train"

@@ -1,0 +1,160 @@
+"""make_gif.py: the tour's frames, its map (tiles, nodes, active nodes, camera) and its errors."""
+import io
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import make_gif
+from models.structure import GridStructure
+from tests.conftest import SHARED, requires_shared
+from tests.test_evaluate import tiny_checkpoint
+from utils.dataset import Episode
+
+MAZES = SHARED / "mazes" / "train"
+ORIGIN = torch.tensor(make_gif.ORIGIN)
+
+
+def solid_tiles(count, seed=0):
+    g = np.random.default_rng(seed)
+    colours = [tuple(int(c) for c in g.integers(40, 200, 3)) for _ in range(count)]
+    return colours, [Image.new("RGB", (112, 112), c) for c in colours]
+
+
+def red_centroid(frame: Image.Image, canvas: make_gif.MapCanvas, box) -> np.ndarray:
+    """Centroid (column, row) of the red-dominated map pixels the query overlay added."""
+    size = canvas.base.size[0]
+    drawn = np.asarray(frame.crop((box[0], box[1], box[0] + size, box[1] + size))).astype(int)
+    base = np.asarray(canvas.base).astype(int)
+    red = (np.abs(drawn - base).sum(-1) > 0) & (drawn[..., 0] > drawn[..., 1] + 40) & (drawn[..., 0] > drawn[..., 2] + 40)
+    assert red.any(), "no active node drawn"
+    rows, cols = np.nonzero(red)
+    return np.array([cols.mean(), rows.mean()])
+
+
+# ---- pieces ----------------------------------------------------------------------------------------
+def test_map_names_and_snake_order():
+    assert make_gif.map_path("data/maze-0003.pt").name == "maze-0003.map.png"
+    assert make_gif.map_path("data/maze-0003.pt.gz").name == "maze-0003.map.png"
+    assert make_gif.snake_order(3) == [0, 1, 2, 5, 4, 3, 6, 7, 8]
+
+
+def test_map_tiles_sit_in_their_maze_cells_north_up():
+    colours, tiles = solid_tiles(4)
+    canvas = make_gif.MapCanvas(200, 2, ORIGIN, tiles, raw=False, structure=None)
+    # Maze m = j * 2 + i covers world [-1 + 2i, 1 + 2i] x [-1 + 2j, 1 + 2j]; maze 2 (i=0, j=1) is north-west.
+    for m, (column, row) in enumerate([(30, 170), (170, 170), (30, 30), (170, 30)]):
+        assert canvas.base.getpixel((column, row)) == colours[m]
+    assert torch.allclose(canvas.to_pixels(torch.tensor([-1.0, 3.0])), torch.tensor([0.0, 0.0]))
+
+
+def test_approximate_map_colours_visited_squares_by_their_floor():
+    def jpeg(colour):
+        buffer = io.BytesIO()
+        Image.new("RGB", (84, 84), colour).save(buffer, "JPEG", quality=95)
+        return buffer.getvalue()
+
+    cameras = np.array([[-0.35, -0.35, 0, 0, 0], [0.25, 0.25, 0, 1, 0]], dtype=np.float32)  # SW and NE squares
+    image = make_gif.approximate_map(Episode([jpeg((200, 40, 40)), jpeg((40, 40, 200))], cameras), px=112)
+    south_west, north_east = image.getpixel((8, 104)), image.getpixel((104, 8))
+    assert np.abs(np.subtract(south_west, (200, 40, 40))).max() < 8
+    assert np.abs(np.subtract(north_east, (40, 40, 200))).max() < 8
+    assert image.getpixel((56, 56)) != south_west  # a square no camera stood in: wall colour
+
+
+@pytest.mark.parametrize("yaw", [0.0, math.pi / 2, 2.5, -2.0])
+def test_the_camera_triangle_points_along_its_yaw(yaw):
+    _, tiles = solid_tiles(1)
+    canvas = make_gif.MapCanvas(200, 1, ORIGIN, tiles, raw=False, structure=GridStructure(1))
+    xy = torch.tensor([0.1, -0.2])
+    image = np.asarray(canvas.draw(xy, yaw)).astype(int)
+    yellow = (image[..., 0] > 200) & (image[..., 1] > 180) & (image[..., 2] < 80)
+    rows, cols = np.nonzero(yellow)
+    x, y = canvas.to_pixels(xy).tolist()
+    offsets = np.stack([cols - x, y - rows], axis=1)  # map north is up
+    direction = offsets[np.linalg.norm(offsets, axis=1).argmax()]  # the tip: farthest from the camera
+    assert np.dot(direction / np.linalg.norm(direction), [math.cos(yaw), math.sin(yaw)]) > 0.95
+
+
+def test_the_red_nodes_are_the_bilinear_read_nodes():
+    _, tiles = solid_tiles(4)
+    structure = GridStructure(2)
+    canvas = make_gif.MapCanvas(300, 2, ORIGIN, tiles, raw=False, structure=structure)
+    xy = torch.tensor([1.3, 0.6])  # between nodes, so 4 are read
+    weights = canvas.active_nodes(xy)
+    assert int((weights > 0).sum()) == 4 and weights.sum().item() == pytest.approx(1.0)
+    frame = canvas.draw(xy, 0.0)
+    centroid = red_centroid(frame, canvas, (0, 0))
+    active = canvas.nodes[weights > 0].numpy()
+    low, high = active.min(0) - canvas.node_radius - 2, active.max(0) + canvas.node_radius + 2
+    assert (low <= centroid).all() and (centroid <= high).all()
+    for node in weights.nonzero().flatten().tolist():  # red over a white node with opacity = weight
+        red, green, blue = frame.getpixel(tuple(canvas.nodes[node].round().long().tolist()))
+        assert red == 255 and abs(green - 255 * (1 - weights[node].item())) <= 2 and green == blue
+
+
+# ---- the whole tour --------------------------------------------------------------------------------
+@requires_shared
+def test_tour_gif_frames_size_and_active_nodes_follow_the_query(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "gen.pt", baseline=False)
+    out = tmp_path / "gifs" / "tour.gif"
+    args = make_gif.parse_args(["--saved_model", str(checkpoint), "--data_dir", str(MAZES), "--grid", "2",
+                                "--frames_per_turn", "3", "--out", str(out), "--seed", "1"])
+    tour = make_gif.main(args)
+    width, height, box = make_gif.frame_layout(128, 2 * 128 + make_gif.LABEL)
+    assert len(tour.frames) == 2 * 2 * 3 and all(frame.size == (width, height) for frame in tour.frames)
+    assert tour.mazes == [0, 0, 0, 1, 1, 1, 3, 3, 3, 2, 2, 2]
+    assert tour.has_truth[0], "each turn starts at the yaw of a real view from there"
+    with Image.open(out) as gif:
+        assert gif.n_frames == 12 and gif.size == (width, height) and gif.info.get("loop") == 0
+
+    canvas, centroids = tour.canvas, []
+    for f in (0, 3, 6, 9):  # one frame in each maze
+        centroid = red_centroid(tour.frames[f], canvas, box)
+        weights = canvas.active_nodes(tour.world_xy[f])
+        active = canvas.nodes[weights > 0].numpy()
+        margin = canvas.node_radius + 2
+        assert (active.min(0) - margin <= centroid).all() and (centroid <= active.max(0) + margin).all()
+        centroids.append(centroid)
+    # Four mazes, four places on the map: the red nodes moved with the query (a maze is 135 px wide).
+    distances = [np.linalg.norm(a - b) for i, a in enumerate(centroids) for b in centroids[i + 1:]]
+    assert min(distances) > 30
+    # Turning in place reads the same nodes.
+    assert np.allclose(red_centroid(tour.frames[1], canvas, box), centroids[0])
+
+
+@requires_shared
+def test_a_baseline_tour_has_no_nodes(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "gqn.pt", baseline=True)
+    data = tmp_path / "episodes"
+    data.mkdir()
+    for i in range(2):
+        shutil.copy(MAZES / f"{i}.pt", data / f"{i}.pt")
+    args = make_gif.parse_args(["--saved_model", str(checkpoint), "--data_dir", str(data), "--grid", "1",
+                                "--frames_per_turn", "2", "--out", str(tmp_path / "base.gif")])
+    tour = make_gif.main(args)
+    assert tour.canvas.nodes is None and len(tour.frames) == 2 and tour.label == "GQN (gqn.pt)"
+
+
+def test_one_line_errors(tmp_path, capsys):
+    checkpoint = tiny_checkpoint(tmp_path / "gen.pt", baseline=False)
+    data = str(MAZES) if MAZES.is_dir() else str(tmp_path)
+
+    def run(*argv):
+        code = make_gif.cli(list(argv) + ["--out", str(tmp_path / "x.gif")])
+        return code, capsys.readouterr().err.strip()
+
+    code, err = run("--saved_model", str(tmp_path / "none.pt"), "--data_dir", data)
+    assert code == 2 and "none.pt does not exist" in err and "\n" not in err
+    code, err = run("--saved_model", str(checkpoint), "--data_dir", data, "--grid", "6")
+    assert code == 2 and "grid 6x6 is too big for the world" in err and "\n" not in err
+    code, err = run("--saved_model", str(checkpoint), "--data_dir", str(tmp_path / "nothing"))
+    assert code == 2 and "nothing" in err and "\n" not in err
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        code, err = run("--saved_model", str(checkpoint), "--data_dir", data, "--mp4")
+        assert code == 2 and "imageio-ffmpeg" in err and "\n" not in err
