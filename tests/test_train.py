@@ -1,0 +1,213 @@
+"""train_scene_rendering.py: checkpoints, exact resume, original-format checkpoints, TensorBoard tags,
+one-line errors for bad invocations, schedules, and DistributedDataParallel staying in sync."""
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_scene_rendering as train
+from models.scene import ModelConfig, SceneModel
+from tests.conftest import requires_shared
+from tests.train_support import (MAZES, SCRIPT, assert_one_line_error, link_episodes, main_error, one_thread,  # noqa: F401
+                                 python, scratch, subprocess_env, tiny)
+from utils import distributed, schedules
+from utils.summaries import read_events
+
+STRAIGHT = ["--batch_size", 4, "--train_grids", 1, 2, "--test_grids", 1, 2, "--log_interval", 3,
+            "--save_interval", 3, "--keep_checkpoints", 1]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """6 steps in one go (1x1 and 2x2 hotels, test losses and images at steps 3 and 6)."""
+    import os
+    import shutil
+    import tempfile
+
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    root = Path(tempfile.mkdtemp(prefix="gen-train-test-", dir=base))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train.main(tiny(root, *STRAIGHT, steps=6)) == 0
+        yield root / "run"
+    finally:
+        torch.set_num_threads(threads)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@requires_shared
+def test_checkpoint_holds_everything_needed_to_resume(straight_run):
+    models = straight_run / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["checkpoint-3.pt", "checkpoint-final.pt"]
+    checkpoint = load(models / "checkpoint-final.pt")
+    assert {"epoch", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "sigma", "args",
+            "rng_state"} <= set(checkpoint)
+    assert checkpoint["epoch"] == 6 and load(models / "checkpoint-3.pt")["epoch"] == 3
+    assert not any(key.startswith(("module.", "_orig_mod.")) for key in checkpoint["model_state_dict"])
+    assert checkpoint["sigma"] == schedules.pixel_sigma(6)
+    assert checkpoint["scheduler_state_dict"]["lr"] == schedules.learning_rate(6)
+    assert checkpoint["scheduler_state_dict"]["lr_scale"] == 1.0
+    assert checkpoint["args"]["train_grids"] == [1, 2] and checkpoint["args"]["img_size"] == 16
+    assert checkpoint["optimizer_state_dict"]["state"], "Adam moments are saved"
+    assert isinstance(checkpoint["rng_state"]["torch"], torch.Tensor)
+    model = SceneModel(ModelConfig.from_args(checkpoint["args"]))
+    model.load_state_dict(checkpoint["model_state_dict"])  # strict: exactly this model's weights
+
+
+@requires_shared
+def test_three_steps_then_resume_for_three_equals_six_straight_steps(straight_run, scratch, one_thread):
+    resumed = ["--saved_model", straight_run / "models" / "checkpoint-3.pt"]
+    assert train.main(tiny(scratch, *STRAIGHT, *resumed, steps=6)) == 0
+    straight = load(straight_run / "models" / "checkpoint-final.pt")
+    again = load(scratch / "run" / "models" / "checkpoint-final.pt")
+    assert again["epoch"] == 6 and again["sigma"] == straight["sigma"]
+    for key, value in straight["model_state_dict"].items():
+        assert torch.equal(value, again["model_state_dict"][key]), key
+    for index, state in straight["optimizer_state_dict"]["state"].items():
+        assert torch.equal(state["exp_avg"], again["optimizer_state_dict"]["state"][index]["exp_avg"])
+
+
+@requires_shared
+def test_tensorboard_holds_the_scalar_and_image_tags(straight_run):
+    scalars, images = read_events(straight_run / "runs")
+    expected = {"train/loss", "train/kl", "lr", "sigma", "grad_norm", "time_per_step", "train/skipped_steps",
+                "data/skipped_episodes", "test/loss_1x1", "test/kl_1x1", "test/loss_2x2", "test/kl_2x2"}
+    assert expected <= set(scalars), expected - set(scalars)
+    assert {"train/loss_1x1", "train/loss_2x2"} & set(scalars)
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4, 5, 6]
+    assert [step for step, _ in scalars["test/loss_2x2"]] == [3, 6]
+    assert scalars["lr"][0][1] == pytest.approx(schedules.learning_rate(0))
+    assert set(images) == {"images/train", "images/test_1x1", "images/test_2x2"}
+    assert images["images/test_1x1"] == [3, 6]
+
+
+@requires_shared
+def test_loads_an_original_format_checkpoint_and_continues_from_its_epoch(scratch, one_thread, capsys):
+    torch.manual_seed(123)
+    weights = SceneModel(ModelConfig(img_size=16, layers=2)).state_dict()
+    original = scratch / "original.pt"
+    torch.save({"epoch": 7, "model_state_dict": {"module." + k: v for k, v in weights.items()}}, original)
+    assert train.main(tiny(scratch, "--saved_model", original, steps=8)) == 0
+    assert "fresh optimizer" in capsys.readouterr().err
+    checkpoint = load(scratch / "run" / "models" / "checkpoint-final.pt")
+    assert checkpoint["epoch"] == 8
+    # One Adam step moves a weight by about lr = 5e-4: the original weights were loaded, not a fresh init.
+    for key, value in weights.items():
+        assert (checkpoint["model_state_dict"][key] - value).abs().max() < 2e-3, key
+
+
+# ----------------------------------------------------------------------------- bad invocations
+
+def test_bad_flags_exit_with_one_line_before_any_work(scratch, capsys):
+    cases = [
+        (["--img_size", "48"], "--img_size"),
+        (["--train_grids", "6"], "larger than the world"),
+        (["--test_grids", "0"], "--test_grids"),
+        (["--batch_size", "3", "--train_grids", "1", "2"], "cannot fill a 2x2 hotel"),
+        (["--steps", "-1"], "--steps"),
+        (["--max_bad_files", "2"], "--max_bad_files"),
+        (["--clip_grad", "0"], "--clip_grad"),
+        (["--saved_model", str(scratch / "missing.pt")], "no such file"),
+        (["--device_ids", "x"], "--device_ids"),
+    ]
+    for argv, needle in cases:
+        assert needle in main_error(argv, capsys), argv
+
+
+@requires_shared
+def test_bad_data_and_checkpoint_paths_exit_with_one_line(scratch, capsys):
+    (scratch / "empty").mkdir()
+    few = link_episodes(scratch / "four", 4)
+    garbage = scratch / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    cases = [
+        (tiny(scratch, data=scratch / "nowhere"), "--train_data_dir"),
+        (tiny(scratch, data=scratch / "empty"), "--train_data_dir"),
+        (tiny(scratch, test_data=scratch / "nowhere"), "--test_data_dir"),
+        (tiny(scratch, "--test_grids", 3, test_data=few), "3x3 hotel needs 9"),
+        (tiny(scratch, "--saved_model", garbage), "garbage.pt"),
+    ]
+    for argv, needle in cases:
+        assert needle in main_error(argv, capsys), argv
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_requested_without_cuda_is_one_line(scratch, capsys):
+    assert "no CUDA device" in main_error(tiny(scratch, "--device_ids", 0), capsys)
+
+
+def test_batches_must_split_over_gpus_and_processes():
+    args = train.parse_args(["--batch_size", "8", "--train_grids", "1", "2"])
+    four_gpus = distributed.Runtime(torch.device("cpu"), device_ids=(0, 1, 2, 3))
+    with pytest.raises(train.TrainingError, match="2 hotels of 2x2, which do not split over 4 GPUs.*e.g. 16"):
+        train.check_batch(args, four_gpus)
+    assert train.check_batch(train.parse_args(["--batch_size", "16"]), four_gpus) == 16
+    two_ranks = distributed.Runtime(torch.device("cpu"), rank=1, world=2, distributed=True)
+    assert train.check_batch(args, two_ranks) == 4
+    with pytest.raises(train.TrainingError, match="does not divide over 2 processes"):
+        train.check_batch(train.parse_args(["--batch_size", "9"]), two_ranks)
+    with pytest.raises(train.TrainingError, match="too few for a 2x2 hotel"):
+        train.check_batch(train.parse_args(["--batch_size", "6"]), two_ranks)
+
+
+@requires_shared
+def test_errors_from_the_command_line_have_no_traceback(scratch):
+    """The real process: non-zero exit status, one line on stderr (argparse's own errors go the same way)."""
+    run = subprocess.run([python(), SCRIPT, *tiny(scratch, data=scratch / "nowhere")], capture_output=True,
+                         text=True, env=subprocess_env(), timeout=300)
+    assert run.returncode == 1
+    assert_one_line_error(run.stderr, "error: --train_data_dir", "nowhere")
+
+
+# ----------------------------------------------------------------------------- schedules
+
+def test_schedules_anneal_linearly_then_hold():
+    assert schedules.learning_rate(0) == 5e-4
+    assert schedules.learning_rate(800_000) == pytest.approx(2.75e-4)
+    assert schedules.learning_rate(1_600_000) == pytest.approx(5e-5)
+    assert schedules.learning_rate(5_000_000) == pytest.approx(5e-5)
+    assert schedules.pixel_sigma(0) == 2.0
+    assert schedules.pixel_sigma(100_000) == pytest.approx(1.35)
+    assert schedules.pixel_sigma(10 ** 7) == pytest.approx(0.7)
+    # GQN's form: max(final + (initial - final) * (1 - t / n), final)
+    for step in (0, 1, 12345, 199_999, 200_000, 400_000):
+        assert schedules.anneal(step, 2.0, 0.7, 200_000) == pytest.approx(
+            max(0.7 + 1.3 * (1 - step / 200_000), 0.7))
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@requires_shared
+def test_torchrun_two_cpu_processes_stay_in_sync_and_only_rank_0_writes(scratch):
+    dumps = scratch / "dumps"
+    dumps.mkdir()
+    argv = tiny(scratch, "--batch_size", 4, "--log_interval", 2, steps=2)
+    env = {**subprocess_env(), train.DUMP_ENV: str(dumps)}
+    run = subprocess.run([python(), "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), SCRIPT, *argv],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rank0, rank1 = load(dumps / "rank0.pt"), load(dumps / "rank1.pt")
+    torch.manual_seed(0)
+    initial = SceneModel(ModelConfig(img_size=16, layers=2)).state_dict()
+    assert any(not torch.equal(initial[k], rank0[k]) for k in rank0), "the ranks trained"
+    for key, value in rank0.items():
+        assert torch.equal(value, rank1[key]), key
+    run_dir = scratch / "run"
+    assert len(list((run_dir / "runs").glob("events.out.tfevents.*"))) == 1, "rank 0 alone logs"
+    assert sorted(p.name for p in (run_dir / "models").iterdir()) == ["checkpoint-final.pt"]
+    assert load(run_dir / "models" / "checkpoint-final.pt")["args"]["batch_size"] == 4
+    assert run.stderr.count("done: step 2") == 1
