@@ -1,0 +1,156 @@
+"""Training that survives: SIGTERM mid-run, corrupt newest checkpoint, full disk, NaN losses, damaged episodes.
+(Fuzzing of the episode and TFRecord readers lives with the data layer's tests.)"""
+import errno
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import torch
+
+import train_scene_rendering as train
+from tests.conftest import requires_shared
+from tests.train_support import (SCRIPT, link_episodes, main_error, one_thread, python, scratch,  # noqa: F401
+                                 subprocess_env, tiny)
+from utils import schedules
+from utils.checkpoint import save_checkpoint
+from utils.checkpoint_dir import CheckpointDir
+from utils.dataset import list_episodes
+from utils.hotel import plan_step
+from utils.summaries import read_events
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def truncated_copy(source, target, keep=0.5):
+    data = source.read_bytes()
+    target.write_bytes(data[:int(len(data) * keep)])
+
+
+@requires_shared
+def test_sigterm_mid_run_saves_and_auto_resume_continues(scratch, one_thread, capsys):
+    argv = tiny(scratch, "--workers", 1, steps=1000)
+    process = subprocess.Popen([python(), SCRIPT, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=subprocess_env())
+    stderr = []
+    reader = threading.Thread(target=lambda: stderr.extend(iter(lambda: process.stderr.read(1), b"")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 240
+    while not re.search(rb"\b[1-9]\d*/1000\b", b"".join(stderr)):  # the bar shows a finished step
+        assert process.poll() is None and time.monotonic() < deadline, b"".join(stderr).decode()[-2000:]
+        time.sleep(0.2)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    reader.join(timeout=10)
+    text = b"".join(stderr).decode()
+    assert "Traceback" not in text and "stopped by SIGTERM" in text, text[-2000:]
+    assert time.monotonic() - sent < 60
+    models = scratch / "run" / "models"
+    saved = [p for p in models.iterdir() if not p.name.startswith(".")]
+    assert len(saved) == 1 and saved[0].name != "checkpoint-final.pt", saved
+    step = load(saved[0])["epoch"]
+    assert 1 <= step < 1000 and saved[0].name == f"checkpoint-{step}.pt"
+    assert "train/loss" in read_events(scratch / "run" / "runs")[0], "TensorBoard was flushed"
+
+    # A newer checkpoint cut short by a crash must not stop the resubmitted job: auto falls back past it.
+    truncated_copy(saved[0], models / f"checkpoint-{step + 5}.pt")
+    assert train.main(tiny(scratch, "--saved_model", "auto", steps=step + 1)) == 0
+    err = capsys.readouterr().err
+    assert f"checkpoint-{step + 5}.pt is not a readable checkpoint" in err and "falling back" in err
+    assert f"resumed {saved[0]} at step {step}" in err
+    assert load(models / "checkpoint-final.pt")["epoch"] == step + 1
+
+
+def test_auto_picks_the_newest_readable_checkpoint_and_keeps_the_last_n(scratch):
+    warnings = []
+    directory = CheckpointDir(scratch / "models", keep=2, warn=warnings.append)
+    assert directory.newest() is None
+    for step in (2, 4, 6):
+        directory.save({"epoch": step, "model_state_dict": {}})
+    assert [s for s, _ in directory.numbered()] == [4, 6], "only the last 2 kept"
+    assert directory.newest()[1]["epoch"] == 6
+    directory.save({"epoch": 6, "model_state_dict": {}}, final=True)
+    assert directory.newest()[0] == directory.final
+    directory.save({"epoch": 8, "model_state_dict": {}})  # a resumed run went on past its final
+    assert directory.newest()[1]["epoch"] == 8
+    (directory.path(8)).write_bytes(b"\x00" * 100)  # corrupt newest
+    assert directory.newest()[0] == directory.final and "checkpoint-8.pt" in warnings[-1]
+    directory.final.write_bytes(b"")
+    assert directory.newest()[1]["epoch"] == 6 and directory.newest()[0] == directory.path(6)
+
+
+@requires_shared
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(scratch, one_thread, monkeypatch, capsys):
+    real_save, calls = torch.save, []
+
+    def save_until_full(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    line = main_error(tiny(scratch, "--save_interval", 1, steps=2), capsys)
+    assert "No space left on device" in line and "previous checkpoints are intact" in line, line
+    assert "--saved_model auto" in line
+    monkeypatch.undo()
+    models = scratch / "run" / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["checkpoint-1.pt"], "no temp file left behind"
+    assert load(models / "checkpoint-1.pt")["epoch"] == 1
+
+
+@requires_shared
+def test_nan_loss_skips_steps_then_reloads_last_checkpoint_with_half_the_lr(scratch, one_thread, monkeypatch,
+                                                                           capsys):
+    monkeypatch.setattr(train, "_loss_hook", lambda step, loss: loss * float("nan") if step in (2, 3) else loss)
+    assert train.main(tiny(scratch, "--save_interval", 2, "--max_bad_steps", 2, steps=5)) == 0
+    assert "2 non-finite steps in a row at step 4" in capsys.readouterr().err
+    final = load(scratch / "run" / "models" / "checkpoint-final.pt")
+    assert final["scheduler_state_dict"]["lr_scale"] == 0.5
+    assert final["scheduler_state_dict"]["skipped_steps"] == 2
+    assert all(torch.isfinite(v).all() for v in final["model_state_dict"].values())
+    scalars, _ = read_events(scratch / "run" / "runs")
+    assert [v for _, v in scalars["train/skipped_steps"]] == [0, 0, 1, 2, 2]
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2, 5], "non-finite losses are not plotted"
+    assert scalars["train/lr_scale"] == [(4, 0.5)]
+    assert scalars["lr"][-1][1] == pytest.approx(0.5 * schedules.learning_rate(4))
+
+    # The halved rate persists across a resume.
+    monkeypatch.setattr(train, "_loss_hook", None)
+    assert train.main(tiny(scratch, "--saved_model", "auto", steps=6)) == 0
+    assert load(scratch / "run" / "models" / "checkpoint-final.pt")["scheduler_state_dict"]["lr_scale"] == 0.5
+
+
+@requires_shared
+def test_one_damaged_episode_is_skipped_counted_and_named_once(scratch, one_thread, capsys):
+    data = link_episodes(scratch / "data", 4)
+    (data / "garbage.pt").write_bytes(b"not an episode at all")
+    bad_index = [p.name for p in list_episodes(data)].index("garbage.pt")
+    argv = ["--batch_size", 4, "--train_grids", 2]
+    seed = next(s for s in range(100) if bad_index in plan_step(s, 0, 0, 5, 4, [2], 2).episodes.flatten().tolist())
+    assert train.main(tiny(scratch, *argv, "--seed", seed, "--max_bad_files", 0.5, steps=1, data=data)) == 0
+    err = capsys.readouterr().err
+    assert err.count("garbage.pt") == 1 and "skipped damaged episode" in err
+    final = load(scratch / "run" / "models" / "checkpoint-final.pt")
+    assert [os.path.basename(p) for p in final["scheduler_state_dict"]["bad_files"]] == ["garbage.pt"]
+    assert read_events(scratch / "run" / "runs")[0]["data/skipped_episodes"] == [(1, 1.0)]
+
+    # 1 of 5 is more than 10%: stop, saying why and what to do.
+    line = main_error(tiny(scratch / "strict", *argv, "--seed", seed, "--max_bad_files", 0.1, steps=1,
+                           data=data), capsys)
+    assert "1 of 5 episodes" in line and "--max_bad_files" in line
+
+
+@requires_shared
+def test_an_explicit_corrupt_checkpoint_is_a_one_line_error(scratch, capsys):
+    good = scratch / "good.pt"
+    save_checkpoint({"epoch": 1, "model_state_dict": {"x": torch.zeros(1000)}}, good)
+    truncated_copy(good, scratch / "cut.pt")
+    line = main_error(tiny(scratch, "--saved_model", scratch / "cut.pt"), capsys)
+    assert "cut.pt is not a readable checkpoint" in line
