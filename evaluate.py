@@ -45,7 +45,7 @@ SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. (2004)
 SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # (K * data range)^2 with data range 1
 NEAREST, MEAN = "nearest context view", "mean image"
 COLUMNS = ("model", "grid", "hotels", "queries", "img_size", "context_views", "sigma", "neg_elbo",
-           "bits_per_dim", "kl", "mse", "psnr", "ssim", "rec_mse", "rec_psnr", "rec_ssim", "seconds", "inputs")
+           "bits_per_dim", "kl", "mse", "psnr", "ssim", "rec_mse", "rec_psnr", "rec_ssim", "seconds", "steps", "train_grids", "inputs")
 
 
 class EvaluationError(ValueError):
@@ -171,6 +171,8 @@ class Candidate:
     raw_poses: bool
     max_grid: int
     sigma: float
+    steps: object = None  # training steps of the checkpoint ("epoch"), if saved
+    train_grids: tuple = ()  # grid sizes it was trained on, if saved
 
 
 def load_candidate(path, device, sigma=None) -> Candidate:
@@ -186,7 +188,8 @@ def load_candidate(path, device, sigma=None) -> Candidate:
     return Candidate(label=f"{kind} ({Path(path).name})", model=model, img_size=model.config.img_size,
                      context_views=int(args.get("context_views", 8)), raw_poses=bool(args.get("raw_poses", False)),
                      max_grid=model.config.max_grid,
-                     sigma=float(sigma if sigma is not None else checkpoint.get("sigma", DEFAULT_SIGMA)))
+                     sigma=float(sigma if sigma is not None else checkpoint.get("sigma", DEFAULT_SIGMA)),
+                     steps=checkpoint.get("epoch"), train_grids=tuple(args.get("train_grids") or ()))
 
 
 def unique_labels(candidates: Sequence[Candidate]) -> None:
@@ -244,6 +247,7 @@ def evaluate_model(candidate: Candidate, batches, seed: int, device, progress=No
     row = finish(total, queries)
     size = candidate.img_size
     row.update(model=candidate.label, queries=queries, img_size=size, context_views=candidate.context_views,
+               steps=candidate.steps, train_grids=" ".join(map(str, candidate.train_grids)),
                sigma=candidate.sigma, bits_per_dim=row["neg_elbo"] / (3 * size * size * math.log(2)),
                seconds=seconds)
     return row
@@ -370,11 +374,11 @@ def markdown(rows: Sequence[dict], args) -> str:
             values = [cell(by_key.get((label, grid), {}).get(key)) for label in columns]
             lines.append(f"| {grid}x{grid} | " + " | ".join(values) + " |")
         lines.append("")
-    lines += ["## Runs", "", "| model | grid | queries | img_size | context views | seconds (model only) |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += ["## Runs", "", "| model | training steps | trained on grids | grid | queries | img_size | "
+              "context views | seconds (model only) |", "|---|---:|---|---:|---:|---:|---:|---:|"]
     for row in model_rows:
-        lines.append(f"| {row['model']} | {row['grid']} | {row['queries']} | {row['img_size']} | "
-                     f"{row['context_views']} | {row['seconds']:.1f} |")
+        lines.append(f"| {row['model']} | {cell(row['steps'])} | {row['train_grids']} | {row['grid']} | "
+                     f"{row['queries']} | {row['img_size']} | {row['context_views']} | {row['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -395,6 +399,11 @@ def plot(rows: Sequence[dict], path: Path) -> None:
         if not reference:
             right.plot(grids, [row["neg_elbo"] for _, row in series], "-o", label=label)
     all_grids = sorted({row["grid"] for row in rows})
+    trained = {row["train_grids"] for row in rows if row.get("train_grids")}
+    if len(trained) == 1:  # every model trained on the same sizes: shade them
+        largest = max(int(k) for k in trained.pop().split())
+        for axis in (left, right):
+            axis.axvspan(min(all_grids) - 0.3, largest + 0.3, color="grey", alpha=0.12, label="trained sizes")
     for axis, title in ((left, "PSNR of generated views (dB)"), (right, "-ELBO (nats per image)")):
         axis.set_xlabel("hotel size k (k x k mazes)")
         axis.set_xticks(all_grids)

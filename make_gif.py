@@ -10,7 +10,7 @@ generates for that pose (prior sample, upscaled with nearest neighbour) above th
 when it has one near that pose (within ``GT_RADIUS`` and ``GT_YAW``); right, a top-down map of the
 mazes (each episode's ``NAME.map.png`` when there is one, else an approximation from its views, see
 :func:`approximate_map`) with the GEN's nodes and edges in white, the 4 nodes the query reads in red
-(opacity = bilinear weight) and the camera as a yellow triangle pointing along its yaw.
+(opacity = bilinear weight) and the camera as a black triangle pointing along its yaw.
 
 Yaw, as in ``utils/make_mazes.py`` and the real data: counter-clockwise from +x, the camera looks along
 (cos yaw, sin yaw); maps are drawn north (+y) up, east (+x) right.
@@ -38,7 +38,7 @@ MIN_SEPARATION = 0.1  # camera units between two standing positions in one maze
 MAP_CELLS = 7  # squares per side of a DeepMind Lab maze in POSE_EXTENT
 PAD, HEADER, LABEL = 8, 20, 14  # pixels
 BACKGROUND, PANEL = (24, 24, 28), (60, 60, 66)
-NODE, EDGE, ACTIVE, CAMERA = (255, 255, 255), (215, 215, 215), (255, 0, 0), (255, 215, 0)
+NODE, EDGE, ACTIVE, CAMERA = (255, 255, 255), (215, 215, 215), (255, 0, 0), (0, 0, 0)  # camera: black, white rim
 
 
 class TourError(ValueError):
@@ -151,11 +151,11 @@ class MapCanvas:
                 alpha = int(round(255 * float(weights[node])))
                 draw.ellipse([x - r, y - r, x + r, y + r], fill=ACTIVE + (alpha,))
         x, y = self.to_pixels(xy).tolist()
-        length = max(7.0, 0.3 * CELL / 4 * self.scale)
+        length = max(10.0, 0.6 * CELL / 4 * self.scale)
         tip = (x + length * math.cos(yaw), y - length * math.sin(yaw))  # pixel rows grow southwards
         left = (x + 0.6 * length * math.cos(yaw + 2.5), y - 0.6 * length * math.sin(yaw + 2.5))
         right = (x + 0.6 * length * math.cos(yaw - 2.5), y - 0.6 * length * math.sin(yaw - 2.5))
-        draw.polygon([tip, left, right], fill=CAMERA + (255,), outline=(0, 0, 0, 255))
+        draw.polygon([tip, left, right], fill=CAMERA + (255,), outline=NODE + (255,), width=2)
         return Image.alpha_composite(self.base.convert("RGBA"), overlay).convert("RGB")
 
 
