@@ -10,6 +10,7 @@ SIGTERM / Ctrl-C finish the current step, save a checkpoint and exit 0; ``--save
 picks it up again.
 """
 import argparse
+import itertools
 import math
 import os
 import signal
@@ -165,7 +166,8 @@ def check_batch(args, runtime: distributed.Runtime) -> int:
     splits = runtime.splits
     uneven = [k for k in args.train_grids if (args.batch_size // (k * k)) % splits]
     if uneven:
-        fits = splits * math.lcm(*(k * k for k in args.train_grids))
+        fits = next(b for b in itertools.count(args.batch_size)
+                    if all((b // (k * k)) % splits == 0 for k in args.train_grids))
         k = uneven[0]
         raise TrainingError(f"--batch_size {args.batch_size} makes {args.batch_size // (k * k)} hotels of {k}x{k}, "
                             f"which do not split over {splits} GPUs; use a batch size that does for every "
@@ -261,7 +263,7 @@ class Trainer:
         self.model = SceneModel(ModelConfig.from_args(args)).to(runtime.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.checkpoints = CheckpointDir(self.run_dir / "models", args.keep_checkpoints,
-                                         warn=lambda m: note(f"warning: {m}"))
+                                         warn=lambda m: runtime.is_main and note(f"warning: {m}"))
         self.step = 0  # steps done; the next step's index
         self.lr_scale = 1.0  # halved at each recovery from a numerical blow-up
         self.skipped_steps = 0
@@ -276,15 +278,16 @@ class Trainer:
 
     def resume(self):
         args = self.args
+        say = note if self.runtime.is_main else (lambda message: None)
         if args.saved_model is None:
-            if self.runtime.is_main and self.checkpoints.numbered():
-                note(f"warning: {self.checkpoints.directory} already holds checkpoints; starting fresh anyway "
+            if self.checkpoints.numbered():
+                say(f"warning: {self.checkpoints.directory} already holds checkpoints; starting fresh anyway "
                      f"(--saved_model auto resumes them)")
             return
         if args.saved_model == AUTO:
             found = self.checkpoints.newest()
             if found is None:
-                note(f"no checkpoint in {self.checkpoints.directory}: starting fresh")
+                say(f"no checkpoint in {self.checkpoints.directory}: starting fresh")
                 return
             path, checkpoint = found
         else:
@@ -292,7 +295,7 @@ class Trainer:
         load_model_state(self.model, checkpoint["model_state_dict"], path)
         self.step = int(checkpoint.get("epoch", 0))
         if "optimizer_state_dict" not in checkpoint:
-            note(f"warning: {path} holds only weights (original format): starting at step {self.step} with a "
+            say(f"warning: {path} holds only weights (original format): starting at step {self.step} with a "
                  f"fresh optimizer")
             return
         try:
@@ -308,7 +311,7 @@ class Trainer:
             torch.set_rng_state(rng["torch"])
         if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        note(f"resumed {path} at step {self.step}")
+        say(f"resumed {path} at step {self.step}")
 
     def snapshot(self) -> dict:
         return {"model": to_cpu(self.model.state_dict()), "optimizer": to_cpu(self.optimizer.state_dict())}
@@ -363,7 +366,7 @@ class Trainer:
 
     # --- one step
 
-    def train_step(self, batch, stop_requested: bool) -> dict:
+    def train_step(self, batch, stop: "StopRequest") -> dict:
         args, runtime, step = self.args, self.runtime, self.step
         torch.manual_seed(noise_seed(args.seed, step, runtime.rank))
         lr, sigma = self.lr(step), self.sigma(step)
@@ -381,7 +384,7 @@ class Trainer:
                 self.bad_files.add(path)
                 note(f"warning: skipped damaged episode {path}")
         stats = torch.stack([loss.detach(), losses.kl.detach().mean(), grad_norm.detach().to(loss.device)]).float()
-        flags = torch.tensor([len(self.bad_files), float(stop_requested)], device=stats.device)
+        flags = torch.tensor([len(self.bad_files), float(stop.requested)], device=stats.device)
         stats = distributed.reduce_sum(torch.cat([stats, flags]), runtime)
         loss_v, kl_v, norm_v, bad, stop = stats.tolist()  # the step's one host sync
         world = runtime.world
@@ -477,7 +480,7 @@ class Trainer:
         args, main = self.args, self.runtime.is_main
         last = time.perf_counter()
         for batch in loader:
-            out = self.train_step(batch, stop.requested)
+            out = self.train_step(batch, stop)
             self.step += 1
             now = time.perf_counter()
             step_time, last = now - last, now
