@@ -1,8 +1,8 @@
 """train_scene_rendering.py: checkpoints, exact resume, original-format checkpoints, TensorBoard tags,
 one-line errors for bad invocations, schedules, and DistributedDataParallel staying in sync."""
+import shutil
 import socket
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +10,8 @@ import torch
 import train_scene_rendering as train
 from models.scene import ModelConfig, SceneModel
 from tests.conftest import requires_shared
-from tests.train_support import (MAZES, SCRIPT, assert_one_line_error, link_episodes, main_error, one_thread,  # noqa: F401
-                                 python, scratch, subprocess_env, tiny)
+from tests.train_support import (SCRIPT, assert_one_line_error, link_episodes, main_error, make_scratch,  # noqa: F401
+                                 one_thread, python, scratch, subprocess_env, tiny)
 from utils import distributed, schedules
 from utils.summaries import read_events
 
@@ -20,14 +20,9 @@ STRAIGHT = ["--batch_size", 4, "--train_grids", 1, 2, "--test_grids", 1, 2, "--l
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
+def straight_run():
     """6 steps in one go (1x1 and 2x2 hotels, test losses and images at steps 3 and 6)."""
-    import os
-    import shutil
-    import tempfile
-
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    root = Path(tempfile.mkdtemp(prefix="gen-train-test-", dir=base))
+    root = make_scratch()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

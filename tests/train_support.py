@@ -27,11 +27,15 @@ def subprocess_env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
 
 
-@pytest.fixture
-def scratch():
+def make_scratch() -> Path:
     """A temporary folder, in RAM where possible: checkpoints are ~230 MB and fsync'd on every save."""
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    path = Path(tempfile.mkdtemp(prefix="gen-train-test-", dir=base))
+    return Path(tempfile.mkdtemp(prefix="gen-train-test-", dir=base))
+
+
+@pytest.fixture
+def scratch():
+    path = make_scratch()
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
