@@ -66,7 +66,7 @@ def parse_args(argv=None):
 
 
 def main(args) -> int:
-    data_dir = args.data_dir if args.data_dir.is_absolute() else (REPO_ROOT / args.data_dir)
+    data_dir = args.data_dir
     try:
         paths = list_episodes(data_dir)
     except EpisodeError as e:

@@ -190,6 +190,37 @@ def test_malicious_zip_refused_and_not_run(tmp_path):
     assert not marker.exists()
 
 
+class ForgedObjectDtype:
+    """Pickles as numpy.dtype("O8") whose state clears the object flags."""
+
+    def __reduce__(self):
+        return np.dtype, ("O8", False, True), (3, "|", None, None, None, -1, -1, 0)
+
+
+class ForgedObjectArray:
+    """Pickles as an object array whose 'data' is raw bytes: in numpy's own unpickling these bytes would
+    become object pointers (a crash at best)."""
+
+    def __reduce__(self):
+        reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]
+        return reconstruct, (np.ndarray, (1,), b"b"), (1, (1,), ForgedObjectDtype(), False, b"\x41" * 8)
+
+
+class CalledNdarray:
+    """Pickles as a call numpy.ndarray((1,), dtype("O8"), buffer) - the same trick through the constructor."""
+
+    def __reduce__(self):
+        return np.ndarray, ((1,), np.dtype("O"), b"\x41" * 8)
+
+
+@pytest.mark.parametrize("forged", [ForgedObjectArray, CalledNdarray])
+def test_forged_numpy_state_refused(tmp_path, main_scene, forged):
+    path = tmp_path / "forged.pt"
+    path.write_bytes(legacy_bytes(main_scene(forged(), np.zeros((1, 1, 5), np.float32))))
+    with pytest.raises(EpisodeError, match="forged.pt"):
+        load_episode(path)
+
+
 def test_refuses_other_globals_and_codecs_misuse(tmp_path, main_scene):
     path = tmp_path / "odd.pt"
     path.write_bytes(legacy_bytes(main_scene([jpeg()], torch.zeros(1, 5))))  # a tensor is not episode data

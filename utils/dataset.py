@@ -9,8 +9,9 @@ Formats read by :func:`load_episode` (all of them also gzip-compressed, detected
   ``torch.save`` stream: four pickles in a row - magic number, protocol version (1001), sys_info dict,
   then the object, a namedtuple ``Scene(frames, cameras)`` pickled from ``__main__`` (frames: object
   array or list of JPEG bytes; cameras: float32 (1, N, 5)). No tensors, so no storage section follows.
-  It is read with a restricted unpickler that builds only that namedtuple, numpy arrays/dtypes,
-  latin-1 bytes and plain containers; any other global is refused, so no code from a file ever runs.
+  It is read with a restricted unpickler that builds only that namedtuple, plain numeric or object
+  arrays (rebuilt from checked shape/dtype/data, never by numpy's own unpickling), latin-1 bytes and
+  plain containers; any other global is refused, so no code from a file ever runs.
 * ours (written by :func:`save_episode`): ``torch.save`` (zip) of a plain dict ``{"frames": uint8 tensor
   of all JPEG bytes concatenated, "frame_offsets": int64 (N + 1,), "cameras": float32 (N, 5)}``, read
   with ``torch.load(weights_only=True)``.
@@ -25,9 +26,11 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import operator
 import os
 import pickle
+import re
 import secrets
 import sys
 import zlib
@@ -97,8 +100,64 @@ def list_episodes(directory: str | os.PathLike) -> list[Path]:
 
 
 # ---- loading ---------------------------------------------------------------------------------------
+# The legacy reader is a pickle.Unpickler whose find_class admits only the names below, each mapped to an
+# inert stand-in: pickle data never reaches numpy's own reconstruction, because numpy trusts its pickles
+# (a crafted dtype state can turn raw bytes into object pointers). Arrays are rebuilt here from checked
+# (shape, dtype, data) instead.
 _LegacyScene = namedtuple("Scene", ["frames", "cameras"])  # stands in for the original __main__.Scene
-_np_reconstruct = np.ndarray.__reduce__(np.zeros(0))[0]  # numpy(._core|.core).multiarray._reconstruct
+_NUMERIC_DTYPE = re.compile(r"[fiu][1248]|b1")  # the dtype codes numpy pickles for plain numbers
+_OBJECT_DTYPE = "O8"
+
+
+class _PickledDtype:
+    """numpy.dtype(code, align, copy) followed by BUILD(state), kept as data."""
+
+    def __init__(self, code, align=False, copy=False):
+        if not isinstance(code, str) or not (code == _OBJECT_DTYPE or _NUMERIC_DTYPE.fullmatch(code)):
+            raise pickle.UnpicklingError(f"dtype {code!r} is not episode data")
+        self.code, self.byteorder = code, "="
+
+    def __setstate__(self, state):
+        # numpy's dtype state: (version, byteorder, subarray, names, fields, elsize, alignment, flags)
+        if not isinstance(state, tuple) or len(state) < 5 or state[1] not in ("<", ">", "|", "="):
+            raise pickle.UnpicklingError("malformed dtype state")
+        if any(part is not None for part in state[2:5]):
+            raise pickle.UnpicklingError("structured or subarray dtypes are not episode data")
+        self.byteorder = state[1]
+
+
+class _PickledArray:
+    """numpy's _reconstruct(ndarray, (0,), b"b") followed by BUILD(state); ``value`` is the result:
+    a list for an object array, a fresh numpy array for a numeric one."""
+
+    def __setstate__(self, state):
+        # numpy's array state: (version, shape, dtype, is_fortran_order, data)
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise pickle.UnpicklingError("malformed array state")
+        _, shape, dtype, fortran, data = state
+        if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+            raise pickle.UnpicklingError("malformed array shape")
+        if not isinstance(dtype, _PickledDtype):
+            raise pickle.UnpicklingError("array without a dtype")
+        size = math.prod(shape)
+        if dtype.code == _OBJECT_DTYPE:
+            if len(shape) != 1 or not isinstance(data, list) or len(data) != size:
+                raise pickle.UnpicklingError("object arrays must be 1-D lists of items")
+            self.value = data
+        else:
+            numeric = np.dtype(dtype.byteorder.replace("|", "=") + dtype.code)
+            if not isinstance(data, bytes) or len(data) != size * numeric.itemsize:
+                raise pickle.UnpicklingError("array data does not match its shape and dtype")
+            self.value = np.frombuffer(data, numeric).reshape(shape, order="F" if fortran else "C").copy()
+
+
+_NDARRAY = object()  # numpy.ndarray appears only as _reconstruct's first argument; it is never called
+
+
+def _reconstruct(subtype, shape, typecode):
+    if subtype is not _NDARRAY:
+        raise pickle.UnpicklingError("_reconstruct admitted only for numpy.ndarray")
+    return _PickledArray()
 
 
 def _latin1_encode(text, encoding="utf-8", errors="strict"):
@@ -117,10 +176,10 @@ def _empty_bytes(*args):
 
 _ALLOWED_GLOBALS = {
     ("__main__", "Scene"): _LegacyScene,
-    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _PickledDtype,
     ("_codecs", "encode"): _latin1_encode,
     ("__builtin__", "bytes"): _empty_bytes,
     ("builtins", "bytes"): _empty_bytes,
@@ -145,6 +204,14 @@ class _EpisodeUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("holds torch storages, which a legacy episode never does")
 
 
+def _array_value(obj, path: str, what: str):
+    if isinstance(obj, _PickledArray):
+        if not hasattr(obj, "value"):
+            raise EpisodeError(f"{path}: {what} array has no data (corrupt file)")
+        return obj.value
+    return obj
+
+
 def _read_legacy(raw: bytes, path: str):
     stream = io.BytesIO(raw)
     magic = _EpisodeUnpickler(stream, path).load()
@@ -157,12 +224,7 @@ def _read_legacy(raw: bytes, path: str):
     scene = _EpisodeUnpickler(stream, path).load()
     if not isinstance(scene, _LegacyScene):
         raise EpisodeError(f"{path}: holds a {type(scene).__name__}, not a Scene(frames, cameras)")
-    frames, cameras = scene
-    if isinstance(frames, np.ndarray):
-        if frames.dtype != object or frames.ndim != 1:
-            raise EpisodeError(f"{path}: frames is a {frames.dtype} array of shape {frames.shape}, not JPEG bytes")
-        frames = frames.tolist()
-    return frames, cameras
+    return _array_value(scene.frames, path, "frames"), _array_value(scene.cameras, path, "cameras")
 
 
 def _read_ours(raw: bytes, path: str):
@@ -274,7 +336,7 @@ def save_episode(path: str | os.PathLike, frames: Sequence[bytes], cameras: np.n
     torch.save(record, buffer)
     data = buffer.getvalue()
     if path.name.endswith(".gz"):
-        data = gzip.compress(data, mtime=0)  # mtime=0: same content, same bytes
+        data = gzip.compress(data, compresslevel=6, mtime=0)  # mtime=0: same content, same bytes
     _atomic_write(path, data)
 
 
