@@ -138,6 +138,15 @@ def test_cuda_requested_without_cuda_is_one_line(scratch, capsys):
     assert "no CUDA device" in main_error(tiny(scratch, "--device_ids", 0), capsys)
 
 
+def test_defaults_follow_the_issue():
+    args = train.parse_args([])
+    assert (args.log_dir, args.train_grids, args.test_grids, args.context_views, args.img_size) == (
+        "GEN", [1, 2], [1, 2, 3, 4, 5], 8, 64)
+    assert (args.keep_checkpoints, args.max_bad_steps, args.max_bad_files, args.clip_grad) == (5, 20, 0.01, None)
+    assert train.parse_args(["--baseline"]).log_dir == "GQN"
+    assert train.parse_args(["--device_ids"]).device_ids == [] and train.parse_args([]).device_ids is None
+
+
 def test_batches_must_split_over_gpus_and_processes():
     args = train.parse_args(["--batch_size", "8", "--train_grids", "1", "2"])
     four_gpus = distributed.Runtime(torch.device("cpu"), device_ids=(0, 1, 2, 3))
