@@ -175,6 +175,12 @@ class Candidate:
     train_grids: tuple = ()  # grid sizes it was trained on, if saved
 
 
+def run_name(path) -> str:
+    """The checkpoint's file name, with its run folder for the training script's RUN/models/NAME.pt."""
+    path = Path(path)
+    return f"{path.parent.parent.name}/{path.name}" if path.parent.name == "models" else path.name
+
+
 def load_candidate(path, device, sigma=None) -> Candidate:
     try:
         model, checkpoint = model_from_checkpoint(path, device)
@@ -185,7 +191,7 @@ def load_candidate(path, device, sigma=None) -> Candidate:
                               f"{error})") from None
     args = checkpoint.get("args") or {}
     kind = "GQN" if args.get("baseline", False) else "GEN"
-    return Candidate(label=f"{kind} ({Path(path).name})", model=model, img_size=model.config.img_size,
+    return Candidate(label=f"{kind} ({run_name(path)})", model=model, img_size=model.config.img_size,
                      context_views=int(args.get("context_views", 8)), raw_poses=bool(args.get("raw_poses", False)),
                      max_grid=model.config.max_grid,
                      sigma=float(sigma if sigma is not None else checkpoint.get("sigma", DEFAULT_SIGMA)),

@@ -27,6 +27,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from models.structure import CELL
+from evaluate import run_name
 from utils.checkpoint import CheckpointError, model_from_checkpoint
 from utils.dataset import EPISODE_SUFFIXES, EpisodeError, decode_views, list_episodes, load_episode
 from utils.hotel import POSE_EXTENT, WORLD_MAZES, maze_cells, maze_to_world, world_poses
@@ -252,7 +253,7 @@ def make_tour(args) -> Tour:
         raise TourError(f"grid {grid}x{grid} is larger than this model's world ({model.config.max_grid} mazes a side)")
     size = model.config.img_size
     tile = args.scale * size if args.scale else max(1, 128 // size) * size
-    label = f"{'GQN' if baseline else 'GEN'} ({Path(args.saved_model).name})"
+    label = f"{'GQN' if baseline else 'GEN'} ({run_name(args.saved_model)})"
 
     g = torch.Generator().manual_seed(args.seed)
     chosen = torch.randperm(len(paths), generator=g)[:mazes].tolist()

@@ -50,6 +50,11 @@ def test_ssim_is_one_for_identical_images_and_matches_the_closed_form_for_flat_i
     assert window.shape == (11, 11) and window.sum().item() == pytest.approx(1.0)
 
 
+def test_model_labels_name_the_run_of_a_training_checkpoint():
+    assert evaluate.run_name("logs/GEN-long/models/checkpoint-final.pt") == "GEN-long/checkpoint-final.pt"
+    assert evaluate.run_name("ckpts/gen.pt") == "gen.pt"
+
+
 def test_psnr_of_an_mse():
     assert evaluate.psnr(0.01) == pytest.approx(20.0)
     assert evaluate.psnr(0.0) == math.inf
