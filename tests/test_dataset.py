@@ -341,7 +341,7 @@ def test_decode_views_values():
     frames, cameras = tiny_episode(3)
     episode = Episode(frames, cameras)
     full = decode_views(episode, [1], 84)  # no resize: exactly the decoded pixels / 255
-    expected = torch.from_numpy(np.asarray(Image.open(io.BytesIO(frames[1])).convert("RGB"))).permute(2, 0, 1)
+    expected = torch.from_numpy(np.array(Image.open(io.BytesIO(frames[1])).convert("RGB"))).permute(2, 0, 1)
     assert full.dtype == torch.float32 and full.shape == (1, 3, 84, 84)
     assert torch.equal(full[0], expected.float() / 255)
     small = decode_views(episode, np.array([1, 1]), 16)  # numpy indices, repeats allowed
