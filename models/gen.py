@@ -58,7 +58,8 @@ class GraphComposer(nn.Module):
         for _ in range(self.message_steps):
             state = torch.cat([positions, memory], dim=-1)  # (N, nodes, state)
             messages = self.edge_module(torch.cat([state[:, source], state[:, sink]], dim=-1))  # (N, E, state)
-            incoming = torch.zeros_like(state).index_add_(1, sink, messages)  # (N, nodes, state)
+            # In the messages' dtype: under bf16 autocast they are bf16 while positions keep state fp32.
+            incoming = messages.new_zeros(state.shape).index_add_(1, sink, messages)  # (N, nodes, state)
             memory = memory + self.node_module(torch.cat([incoming, state], dim=-1))
         state = torch.cat([positions, memory], dim=-1)
         read = structure.bilinear_weights(query_poses[..., :POSITION_DIM], origin)  # (N, Q, nodes)
