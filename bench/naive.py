@@ -141,7 +141,7 @@ class NaiveGraphComposer(nn.Module):
         for _ in range(self.message_steps):
             state = torch.cat([positions, memory], dim=-1)
             messages = self.edge_module(torch.cat([state[:, source], state[:, sink]], dim=-1))
-            incoming = torch.zeros_like(state).index_add_(1, sink, messages)
+            incoming = messages.new_zeros(state.shape).index_add_(1, sink, messages)
             memory = memory + self.node_module(torch.cat([incoming, state], dim=-1))
         state = torch.cat([positions, memory], dim=-1)
         read = naive_bilinear_weights(query_poses[..., :POSITION_DIM], origin, side)

@@ -69,3 +69,12 @@ def test_generation_matches(baseline):
     with torch.no_grad():
         other = naive.render(context_frames, context_poses, query_poses, origin, grid)
     assert not torch.allclose(other, images[1])
+
+
+def test_bf16_autocast_forward_runs():
+    """--amp in bench_step / training: the GEN's message sum must follow the messages' dtype."""
+    optimised, _ = pair(baseline=False, layers=2)
+    batch = synthetic_batch(2, 1, 16, context_views=3, device="cpu", seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = optimised(*batch, SIGMA)
+    assert torch.isfinite(losses.loss).all()
