@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
