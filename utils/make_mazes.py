@@ -37,9 +37,10 @@ Camera path (statistics of the real episodes): the camera starts at a floor cell
 in place for 42 steps of 0.1536 rad (a little over one full turn, counter-clockwise); then it wanders
 from cell to cell, never stepping back except out of a dead end and preferring the least visited
 neighbour (dead ends count as visited once more), along cell centres with every corner rounded by a
-quadratic Bezier arc, at about 0.019 per frame (slower while the view is still turning); the view
-turns with the path at most 0.1536 rad per frame; the camera stops to turn in place where the path
-doubles back and, now and then (1.5 % per cell), to turn into a side way.
+quadratic Bezier arc and a smooth sideways drift of up to 0.03 (real x, y reach 0.016 from walls), at
+about 0.019 per frame (slower while the view is still turning); the view turns with the path at
+most 0.1536 rad per frame; the camera stops to turn in place where the path doubles back and, now
+and then (1.5 % per cell), to turn into a side way.
 
 Rendering is a vectorised numpy ray caster over all views at once: walls by DDA per image column,
 floor by casting every pixel below the wall onto the ground plane, textures mip-mapped.
@@ -80,6 +81,7 @@ WALK_STEP = 0.019               # per frame, real data median 0.015-0.019, max 0
 LOOK_AHEAD = 0.03               # the view aims at the path this far ahead (anticipates corners)
 LOOK_AROUND_P = 0.015           # chance, per cell walked, to stop and look around
 LEG_MAX_CELLS = 2 * GRID * GRID  # a leg (a walk without stopping) is cut here at the latest
+LATERAL_DRIFT = 0.03            # sideways wander off the cells' centre lines
 SLOW_IN_TURNS = 0.5             # walking speed drops by up to this fraction while turning
 MAX_HEADING_ERROR = 0.6 * math.pi  # beyond this the camera stops and turns in place (not at 90 deg corners)
 
@@ -338,7 +340,8 @@ def _smooth_route(cells: list[tuple[int, int]]) -> np.ndarray:
         pts.append(a[None])
         pts.append((1 - t) ** 2 * a + 2 * t * (1 - t) * c[i] + t ** 2 * b)
     pts.append(c[-1:])
-    return np.concatenate(pts)
+    pts = np.concatenate(pts)
+    return pts[np.r_[True, np.any(np.diff(pts, axis=0) != 0, axis=1)]]  # no repeated points
 
 
 def _wrap(a):
@@ -411,6 +414,14 @@ def camera_path(maze: Maze, rng: np.random.Generator, n_views: int = N_VIEWS) ->
                 look = True
                 break
         route = _smooth_route(cells)
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(route, axis=0), axis=1))])
+        # drift sideways off the centre line, as the real camera does (it comes within 0.016 of walls);
+        # zero at the leg's ends, at most LATERAL_DRIFT: >= 0.02 from walls, 0.023 from inner corners
+        tangent = np.gradient(route, axis=0)
+        tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+        wave = np.sin(2 * math.pi * arc / rng.uniform(0.2, 0.5) + rng.uniform(0, 2 * math.pi))
+        drift = LATERAL_DRIFT * np.sin(math.pi * arc / arc[-1]) * wave
+        route = route + drift[:, None] * np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)
         arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(route, axis=0), axis=1))])
 
         def at(d: float) -> np.ndarray:
