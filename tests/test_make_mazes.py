@@ -179,7 +179,7 @@ def test_command_line_writes_readable_episodes(tmp_path):
 
 def test_committed_data_samples():
     root = REPO_ROOT / "data_samples"
-    for split, count in (("train", 16), ("test", 4)):
+    for split, count in (("train", 16), ("test", 25)):
         paths = list_episodes(root / split)
         assert len(paths) == count
         for p in paths:

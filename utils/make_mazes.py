@@ -1,7 +1,7 @@
 """Procedural DeepMind-Lab-like maze episodes: the project's built-in `data_samples/`.
 
-    python utils/make_mazes.py --out data_samples --train 16 --test 4 --seed 0
-    python -m utils.make_mazes --out data_samples --train 16 --test 4 --seed 0
+    python utils/make_mazes.py --out data_samples --train 16 --test 25 --seed 0
+    python -m utils.make_mazes --out data_samples --train 16 --test 25 --seed 0
 
 Each episode is one random maze seen from 300 first-person views, written with
 `utils.dataset.save_episode` as `OUT/{train,test}/maze-NNNN.pt` (84x84 RGB JPEG bytes + float32 cameras
@@ -634,7 +634,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="data_samples", help="output folder (gets train/ and test/)")
     p.add_argument("--train", type=int, default=16, help="number of training episodes")
-    p.add_argument("--test", type=int, default=4, help="number of test episodes")
+    p.add_argument("--test", type=int, default=25, help="number of test episodes (25 fill the largest, 5x5, test hotel)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--views", type=int, default=N_VIEWS, help="views per episode")
     p.add_argument("--quality", type=int, default=JPEG_QUALITY, help="JPEG quality")
