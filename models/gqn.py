@@ -8,6 +8,7 @@ port), so its checkpoints load as they are: see ``../shared/reference/original_s
 Shapes: S = image size, s = S // SCALE = the cores' state size (16 for 64 x 64 images).
 """
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -103,12 +104,21 @@ class Conv2dLSTMCell(nn.Module):
         dynamic_weight = torch.cat([weight[:, :self.hidden], weight[:, end:]], dim=1)
         return static_gates, dynamic_weight
 
-    def step(self, prepared, dynamic: torch.Tensor, cell: torch.Tensor, hidden: torch.Tensor):
+    def step(self, prepared, dynamic: Optional[torch.Tensor], cell: Optional[torch.Tensor],
+             hidden: Optional[torch.Tensor]):
+        """``cell`` and ``hidden`` None stand for the zero state of the first DRAW layer (``dynamic``
+        None: zero too). A convolution of zeros is exactly zero, so those channels are skipped."""
         static_gates, dynamic_weight = prepared
-        inputs = torch.cat([hidden, dynamic], dim=1)
-        gates = static_gates + F.conv2d(inputs, dynamic_weight, padding=self.padding)
+        if hidden is not None:
+            inputs = torch.cat([hidden, dynamic], dim=1)
+            gates = static_gates + F.conv2d(inputs, dynamic_weight, padding=self.padding)
+        elif dynamic is not None:
+            gates = static_gates + F.conv2d(dynamic, dynamic_weight[:, self.hidden:], padding=self.padding)
+        else:
+            gates = static_gates
         forget, input_, output, state = gates.chunk(4, dim=1)
-        cell = torch.sigmoid(forget) * cell + torch.sigmoid(input_) * torch.tanh(state)
+        update = torch.sigmoid(input_) * torch.tanh(state)
+        cell = update if cell is None else torch.sigmoid(forget) * cell + update
         hidden = torch.sigmoid(output) * torch.tanh(cell)
         return cell, hidden
 
@@ -152,7 +162,9 @@ class InferenceCore(nn.Module):
         return self.core.prepare(static)
 
     def step(self, prepared, cell, hidden, h_g, u):
-        return self.core.step(prepared, torch.cat([h_g, self.downsample_u(u)], dim=1), cell, hidden)
+        """All of ``cell, hidden, h_g, u`` None: the first layer's zero state."""
+        dynamic = None if h_g is None else torch.cat([h_g, self.downsample_u(u)], dim=1)
+        return self.core.step(prepared, dynamic, cell, hidden)
 
 
 class GenerationCore(nn.Module):
@@ -171,5 +183,7 @@ class GenerationCore(nn.Module):
         return self.core.prepare(static)  # static: (B, 263, s, s)
 
     def step(self, prepared, cell, hidden, u, z):
+        """``cell, hidden, u`` None: the first layer's zero state (and empty canvas)."""
         cell, hidden = self.core.step(prepared, z, cell, hidden)
-        return cell, hidden, u + self.upsample_h(hidden)
+        canvas = self.upsample_h(hidden)
+        return cell, hidden, canvas if u is None else u + canvas

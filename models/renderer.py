@@ -58,12 +58,12 @@ class Renderer(nn.Module):
         if posterior:
             assert x.shape == (batch, IMAGE_CHANNELS, size, size), f"x must be ({batch}, 3, {size}, {size})"
             inference = self.inference_core.prepare(x, v, r)
-        state = v.new_zeros(batch, cfg.hidden, s, s)
-        c_g = h_g = c_e = h_e = state
-        u = v.new_zeros(batch, cfg.hidden, size, size)  # the canvas
+        # None = the zero state (and empty canvas) before the first layer: the cores skip convolving it.
+        c_g = h_g = c_e = h_e = u = None
         kl = v.new_zeros(batch) if posterior else None
         for _ in range(self.layers):
-            prior_mu, prior_logvar = self.eta_pi(h_g).chunk(2, dim=1)  # (B, latent, s, s) each
+            h_prior = v.new_zeros(batch, cfg.hidden, s, s) if h_g is None else h_g
+            prior_mu, prior_logvar = self.eta_pi(h_prior).chunk(2, dim=1)  # (B, latent, s, s) each
             if posterior:
                 c_e, h_e = self.inference_core.step(inference, c_e, h_e, h_g, u)
                 mu, logvar = self.eta_e(h_e).chunk(2, dim=1)
