@@ -138,7 +138,7 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true", help="bf16 autocast (both models)")
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
     p.add_argument("--no-naive", dest="naive", action="store_false", help="skip the naive reference")
-    p.add_argument("--flops", action="store_true", help="count FLOPs on CPU too (always on CUDA)")
+    p.add_argument("--flops", action="store_true", help="count FLOPs on CPU too (always on CUDA; also the naive model's)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
                    help="after timing, print torch.profiler tables (top ROWS by self time) of one step each")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
@@ -205,7 +205,9 @@ def main(args) -> dict:
                                                   "context_views", "steps", "amp", "compile")}
         | {"warmup": warmup, "threads": torch.get_num_threads(), "torch": torch.__version__},
     }
+    result["steps_s"] = [round(t, 3) for t in times]
     if naive is not None:
+        result["naive_steps_s"] = [round(t, 3) for t in naive_times]
         naive_median = statistics.median(naive_times)
         result["naive_step_s_median"] = round(naive_median, 4)
         result["speedup_vs_naive"] = round(naive_median / median, 3)
@@ -213,6 +215,8 @@ def main(args) -> dict:
         flops = count_flops(ours, eager)
         result["gflop_per_step"] = round(flops / 1e9, 1)
         result["tflops"] = round(flops / median / 1e12, 3)
+        if naive is not None:
+            result["naive_gflop_per_step"] = round(count_flops(naive, naive.model) / 1e9, 1)
         peak = bf16_peak_tflops(device)
         if device.type == "cuda":
             result["fraction_of_bf16_peak"] = round(result["tflops"] / peak, 4) if peak else None
