@@ -160,6 +160,60 @@ def test_our_legacy_writer_matches_real_files(tmp_path, main_scene):
     assert again.frames == real.frames and np.array_equal(again.cameras, real.cameras)
 
 
+def restricted_only(raw: bytes, path: str, monkeypatch):
+    """What the restricted unpickler alone makes of a legacy stream (the fast path switched off)."""
+    with monkeypatch.context() as m:
+        m.setattr(dataset, "_read_legacy_fast", lambda raw: None)
+        return dataset._read_legacy(raw, path)
+
+
+@requires_shared
+def test_legacy_fast_path_identical_to_restricted_unpickler(monkeypatch):
+    """Every shared file takes the fast path, with byte-identical frames and identical cameras."""
+    for path in list_episodes(TRAIN):
+        raw = path.read_bytes()
+        fast = dataset._read_legacy_fast(raw)
+        assert fast is not None, f"{path} did not take the fast path"
+        frames, cameras = restricted_only(raw, str(path), monkeypatch)
+        assert fast[0] == list(frames) and all(type(f) is bytes for f in fast[0])
+        assert fast[1].dtype == cameras.dtype and fast[1].shape == cameras.shape == (1, 300, 5)
+        assert fast[1].tobytes() == cameras.tobytes() and fast[1].flags.writeable
+
+
+@requires_shared
+@pytest.mark.parametrize("change", ["refused global", "memo index", "code point 256", "not UTF-8", "cameras length"])
+def test_legacy_fast_path_leaves_anything_else_to_the_unpickler(tmp_path, monkeypatch, change):
+    """A file that differs from the original layout in any way is read (or refused) by the restricted
+    unpickler exactly as without the fast path, with an error naming the file."""
+    raw = (TRAIN / "3.pt").read_bytes()
+    first = raw.index(b"h\x04X") + 7  # the first frame's UTF-8 payload
+    if change == "refused global":  # same layout, but the codec call is now os.system's
+        data = raw.replace(b"c_codecs\nencode\n", b"cposix\nsystem\n", 1)
+    elif change == "memo index":  # the first frame's str memoised under the encode global's index
+        at = raw.index(b"q\x13h\x06", first)
+        data = raw[:at] + b"q\x04" + raw[at + 2:]
+    elif change == "code point 256":  # FF D8 -> U+0100 D8: valid UTF-8, not latin-1
+        data = raw[:first] + b"\xc4\x80" + raw[first + 2:]
+    elif change == "not UTF-8":
+        data = raw[:first] + b"\xc3\xc3" + raw[first + 2:]
+    else:  # the cameras' payload one float short: change its length and drop 4 of its bytes
+        at = raw.rindex(b"h\x04X") + 3
+        size = int.from_bytes(raw[at:at + 4], "little")
+        data = raw[:at] + (size - 4).to_bytes(4, "little") + raw[at + 4:at + 4 + size - 4] + raw[at + 4 + size:]
+    assert dataset._read_legacy_fast(data) is None
+    path = tmp_path / "changed.pt"
+    path.write_bytes(data)
+    with pytest.raises(EpisodeError) as err:
+        load_episode(path)
+    assert str(err.value).startswith(str(path))
+    monkeypatch.setattr(dataset, "_read_legacy_fast", lambda raw: None)
+    with pytest.raises(EpisodeError) as expected:
+        load_episode(path)
+    assert str(err.value) == str(expected.value)
+    if change == "refused global":
+        assert "refused to load global posix.system" in str(err.value)
+
+
 # ---- security ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["as the episode", "as the magic number", "inside the frames", "gzipped"])
 def test_malicious_pickle_refused_and_not_run(tmp_path, main_scene, where):

@@ -22,6 +22,7 @@ Bad files raise :class:`EpisodeError`, whose message starts with the file's path
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import hashlib
 import io
@@ -212,7 +213,87 @@ def _array_value(obj, path: str, what: str):
     return obj
 
 
+# Fast path. The original tools wrote every episode with the same pickler, so their files are, byte for
+# byte, one fixed skeleton around N + 1 BINUNICODE payloads (4-byte length, UTF-8): the N JPEGs, then the
+# camera floats, each stored as _codecs.encode(str, "latin1"). _read_legacy_fast checks that skeleton
+# exactly - every opcode and memo index, so what the file means is known without running the pickle
+# machine - and converts the payloads as unpickling would (UTF-8 -> str -> latin-1). Anything else (other
+# writers, crafted or damaged files, code points >= 256) gives None and the restricted unpickler decides,
+# so refusals and errors are unchanged. The conversion itself still dominates a load: CPython's UTF-8
+# decoder beat every vectorised numpy variant tried on this data (big temporaries page-fault, small
+# chunks pay per-call overhead), so what the fast path saves is the pickle machine's per-opcode work.
+def _put(i: int) -> bytes:  # BINPUT / LONG_BINPUT i: the pickler memoises every object as 0, 1, 2, ...
+    return b"q" + bytes([i]) if i < 256 else b"r" + i.to_bytes(4, "little")
+
+
+def _int(v: int) -> bytes:  # BININT1 / BININT2
+    return b"K" + bytes([v]) if v < 256 else b"M" + v.to_bytes(2, "little")
+
+
+_SKELETON_HEAD = (  # magic, protocol, sys_info pickles; Scene pickle up to the frames' shape (memo 0-10)
+    b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03.\x80\x02}q\x00(X\x10\x00\x00\x00protocol_versionq"
+    b"\x01M\xe9\x03X\r\x00\x00\x00little_endianq\x02\x88X\n\x00\x00\x00type_sizesq\x03}q\x04(X\x05\x00\x00\x00shortq"
+    b"\x05K\x02X\x03\x00\x00\x00intq\x06K\x04X\x04\x00\x00\x00longq\x07K\x04uu."
+    b"\x80\x02c__main__\nScene\nq\x00cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\nq\x02K\x00\x85q"
+    b"\x03c_codecs\nencode\nq\x04X\x01\x00\x00\x00bq\x05X\x06\x00\x00\x00latin1q\x06\x86q\x07Rq\x08\x87q\tRq\n(K\x01"
+)
+
+
+@functools.lru_cache(maxsize=4)
+def _legacy_skeleton(n: int) -> tuple[bytes, ...]:
+    """The n + 2 byte strings around the n + 1 payloads of a legacy file with n frames, as the original
+    tools wrote it: Scene(frames=object array of n bytes, cameras=float32 (1, n, 5))."""
+    parts = [  # frames: shape (n,), dtype O8, MARK (memo 11-18); then "h\x04X": get encode, BINUNICODE
+        _SKELETON_HEAD + _int(n) + b"\x85q\x0bcnumpy\ndtype\nq\x0cX\x02\x00\x00\x00O8q\rK\x00K\x01\x87q\x0eRq\x0f"
+        b"(K\x03X\x01\x00\x00\x00|q\x10NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK?tq\x11b\x89]q\x12(h\x04X"
+    ]
+    m = 19  # each frame: its str (memo m), encode's args (str, "latin1" = memo 6) (m + 1), the bytes (m + 2)
+    for _ in range(n):
+        parts.append(_put(m) + b"h\x06\x86" + _put(m + 1) + b"R" + _put(m + 2) + b"h\x04X")
+        m += 3
+    parts[-1] = parts[-1][:-3] + (  # APPENDS, BUILD the frames; cameras: shape (1, n, 5), dtype <f4
+        b"et" + _put(m) + b"bh\x01h\x02K\x00\x85" + _put(m + 1) + b"h\x08\x87" + _put(m + 2) + b"R" + _put(m + 3)
+        + b"(K\x01K\x01" + _int(n) + b"K\x05\x87" + _put(m + 4) + b"h\x0cX\x02\x00\x00\x00f4" + _put(m + 5)
+        + b"K\x00K\x01\x87" + _put(m + 6) + b"R" + _put(m + 7) + b"(K\x03X\x01\x00\x00\x00<" + _put(m + 8)
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t" + _put(m + 9) + b"b\x89h\x04X"
+    )
+    parts.append(  # the cameras' bytes, BUILD the cameras, Scene(frames, cameras) by NEWOBJ, STOP
+        _put(m + 10) + b"h\x06\x86" + _put(m + 11) + b"R" + _put(m + 12) + b"t" + _put(m + 13) + b"b\x86"
+        + _put(m + 14) + b"\x81" + _put(m + 15) + b"."
+    )
+    return tuple(parts)
+
+
+def _read_legacy_fast(raw: bytes):
+    """(frames, cameras) of a legacy file laid out exactly as the original tools wrote it, else None."""
+    at = len(_SKELETON_HEAD)
+    if not raw.startswith(_SKELETON_HEAD) or raw[at:at + 1] not in (b"K", b"M"):
+        return None
+    n = int.from_bytes(raw[at + 1:at + (2 if raw[at:at + 1] == b"K" else 3)], "little")
+    if not 2 <= n <= 1000:  # the pickler lays out 0 or 1 items, or more than 1000, differently
+        return None
+    skeleton, view, payloads, pos = _legacy_skeleton(n), memoryview(raw), [], 0
+    try:
+        for part in skeleton[:-1]:
+            if not raw.startswith(part, pos):
+                return None
+            pos += len(part) + 4
+            end = pos + int.from_bytes(raw[pos - 4:pos], "little")
+            if end > len(raw):
+                return None
+            payloads.append(str(view[pos:end], "utf-8").encode("latin-1"))
+            pos = end
+    except UnicodeError:  # not UTF-8, or a code point >= 256: let the unpickler report it
+        return None
+    if not raw.startswith(skeleton[-1], pos) or len(payloads[-1]) != n * 5 * 4:
+        return None
+    return payloads[:-1], np.frombuffer(payloads[-1], dtype="<f4").reshape(1, n, 5).copy()
+
+
 def _read_legacy(raw: bytes, path: str):
+    fast = _read_legacy_fast(raw)
+    if fast is not None:
+        return fast
     stream = io.BytesIO(raw)
     magic = _EpisodeUnpickler(stream, path).load()
     if magic != _LEGACY_MAGIC:
