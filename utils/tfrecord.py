@@ -129,6 +129,7 @@ def iter_records(
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         index = 0
         while True:
             header = f.read(12)
@@ -140,10 +141,10 @@ def iter_records(
             if verify and masked_crc32c(length_bytes) != length_crc:
                 raise TFRecordError(f"{path}: record {index}: length CRC mismatch (corrupt header)")
             (length,) = struct.unpack("<Q", length_bytes)
+            if length + 4 > size - f.tell():  # checked before reading: a corrupt length may be up to 2**64 - 1
+                raise TFRecordError(f"{path}: record {index}: truncated (file ends inside the record)")
             if select is not None and not select(index):
                 f.seek(length + 4, os.SEEK_CUR)
-                if f.tell() > os.fstat(f.fileno()).st_size:
-                    raise TFRecordError(f"{path}: record {index}: truncated (file ends inside the record)")
                 index += 1
                 continue
             payload = f.read(length)
@@ -173,7 +174,7 @@ def _read_varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
         pos += 1
         result |= (b & 0x7F) << shift
         if b < 0x80:
-            return result, pos
+            return result & 0xFFFFFFFFFFFFFFFF, pos  # protobuf keeps the low 64 bits of a 10-byte varint
         shift += 7
         if shift >= 70:
             raise _ProtoError("varint longer than 10 bytes")

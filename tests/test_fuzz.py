@@ -1,0 +1,256 @@
+"""Property-based fuzzing of the episode reader and the TFRecord reader (issue 6).
+
+Random bytes and mutated real files (truncated, bytes flipped, inserted, deleted) are read; the only
+outcomes allowed are a correct read or the documented error naming the file:
+
+* ``load_episode``: an Episode that passes validation, or EpisodeError whose message starts with the path.
+  Legacy files must also read exactly as the restricted unpickler alone reads them (the fast path may only
+  decide for files in the original layout).
+* TFRecord, read as the converter reads it: framing and CRCs -> TFRecordError naming the file; a record's
+  tf.train.Example -> ValueError("malformed tf.train.Example ..."), whose callers add file and record;
+  its content -> EpisodeError naming file and record; otherwise JPEG frames with 5 cameras floats each.
+
+Any other exception fails the test (hypothesis then shrinks it to a minimal input); a read that takes more
+than ``TIME_LIMIT`` seconds fails as a hang. Runs in well under a minute on 2 CPU cores.
+"""
+
+import gzip
+import signal
+import struct
+from contextlib import contextmanager
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import utils.dataset as dataset
+from tests.conftest import SHARED_MAZES, requires_shared
+from tests.test_convert import example, field, tfrecord_bytes
+from tests.test_dataset import tiny_episode
+from utils.convert import episode_arrays
+from utils.dataset import Episode, EpisodeError, load_episode, save_episode
+from utils.tfrecord import TFRecordError, iter_records, masked_crc32c, parse_example
+
+TRAIN = SHARED_MAZES / "train"
+TFRECORD = SHARED_MAZES / "tfrecord" / "0000-of-sample.tfrecord"
+TIME_LIMIT = 20  # seconds for one read; a legacy episode takes ~10 ms, the shared TFRecord ~0.1 s
+
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,  # one example reads a 1.8 MB episode or a 3.5 MB TFRecord: timing varies on a shared machine
+    database=None,  # no .hypothesis/ folder in the repository
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+# ---- mutations -----------------------------------------------------------------------------------------
+# Offsets near the start and the end hit the headers and trailers (pickle opcodes, zip directory, gzip
+# trailer, TFRecord framing) more often than uniform offsets into megabytes of JPEG data would.
+OFFSET = st.one_of(st.integers(0, 600), st.integers(-600, -1), st.integers(0, 1 << 31))
+EDIT = st.one_of(
+    st.tuples(st.just("truncate"), OFFSET),
+    st.tuples(st.just("flip"), OFFSET, st.integers(1, 255)),
+    st.tuples(st.just("insert"), OFFSET, st.binary(min_size=1, max_size=16)),
+    st.tuples(st.just("delete"), OFFSET, st.integers(1, 64)),
+)
+EDITS = st.lists(EDIT, min_size=1, max_size=4)
+
+
+def mutate(data: bytes, edits) -> bytes:
+    buf = bytearray(data)
+    for kind, offset, *arg in edits:
+        at = offset % (len(buf) + 1)  # negative offsets count from the end
+        if kind == "truncate":
+            del buf[at:]
+        elif kind == "flip" and at < len(buf):
+            buf[at] ^= arg[0]
+        elif kind == "insert":
+            buf[at:at] = arg[0]
+        elif kind == "delete":
+            del buf[at:at + arg[0]]
+    return bytes(buf)
+
+
+class Hang(BaseException):
+    """BaseException, so that the readers' ``except Exception`` cannot turn it into a read error."""
+
+
+@contextmanager
+def time_limit(seconds: float = TIME_LIMIT):
+    def expire(signum, frame):
+        raise Hang(f"read took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# ---- the allowed outcomes -----------------------------------------------------------------------------
+def read_episode(path):
+    """load_episode(path) -> the Episode or the EpisodeError; anything else propagates (and fails)."""
+    try:
+        with time_limit():
+            episode = load_episode(path)
+    except EpisodeError as e:
+        assert str(e).startswith(f"{path}: "), str(e)
+        return e
+    assert isinstance(episode, Episode) and episode.path == str(path)
+    n = len(episode.frames)
+    assert n >= 1 and all(type(f) is bytes and f.startswith(b"\xff\xd8") for f in episode.frames)
+    assert episode.cameras.dtype == np.float32 and episode.cameras.shape == (n, 5)
+    assert episode.cameras.flags.c_contiguous and np.isfinite(episode.cameras).all()
+    return episode
+
+
+def same_outcome(a, b) -> bool:
+    if isinstance(a, EpisodeError) or isinstance(b, EpisodeError):
+        return type(a) is type(b) and str(a) == str(b)
+    return a.frames == b.frames and a.cameras.tobytes() == b.cameras.tobytes()
+
+
+def read_tfrecord(path) -> list:
+    """Read a TFRecord file as the converter does; returns one outcome per record (the episode's
+    (frames, cameras) or the record's error), ending with the TFRecordError if the framing breaks."""
+    outcomes = []
+    try:
+        with time_limit():
+            for index, payload in iter_records(path):
+                where = f"{path}: record {index}"
+                try:
+                    frames, cameras = episode_arrays(parse_example(payload), where)
+                    episode = dataset._validated(frames, cameras, where)
+                except EpisodeError as e:
+                    assert str(e).startswith(f"{where}: "), str(e)
+                    outcomes.append(e)
+                except ValueError as e:  # parse_example's documented error; callers add file and record
+                    assert type(e) is ValueError and str(e).startswith("malformed tf.train.Example"), repr(e)
+                    outcomes.append(e)
+                else:
+                    assert all(f.startswith(b"\xff\xd8") for f in episode.frames)
+                    assert episode.cameras.shape == (len(episode.frames), 5)
+                    outcomes.append(episode)
+    except TFRecordError as e:
+        assert str(e).startswith(f"{path}: "), str(e)
+        outcomes.append(e)
+    return outcomes
+
+
+# ---- episode files -------------------------------------------------------------------------------------
+LEGACY_PREFIX = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02M\xe9\x03."  # magic + protocol pickles
+
+
+@FUZZ
+@given(prefix=st.sampled_from([b"", b"\x1f\x8b", b"PK\x03\x04", LEGACY_PREFIX, LEGACY_PREFIX + b"\x80\x02"]),
+       body=st.binary(max_size=4096))
+def test_random_bytes_episode(tmp_path, prefix, body):
+    path = tmp_path / "random.pt"
+    path.write_bytes(prefix + body)
+    assert isinstance(read_episode(path), EpisodeError) or prefix + body == b""  # nothing random is an episode
+
+
+@pytest.fixture(scope="module")
+def own_files(tmp_path_factory):
+    """One small episode in our format, plain and gzipped: {suffix: bytes}."""
+    folder = tmp_path_factory.mktemp("own")
+    frames, cameras = tiny_episode(3)
+    files = {}
+    for name in ("ep.pt", "ep.pt.gz"):
+        save_episode(folder / name, frames, cameras)
+        files[name[2:]] = (folder / name).read_bytes()
+    return files
+
+
+@FUZZ
+@given(suffix=st.sampled_from([".pt", ".pt.gz"]), edits=EDITS)
+def test_mutated_own_format(tmp_path, own_files, suffix, edits):
+    path = tmp_path / f"mutated{suffix}"
+    path.write_bytes(mutate(own_files[suffix], edits))
+    read_episode(path)
+
+
+@pytest.fixture(scope="module")
+def legacy_raw():
+    if not TRAIN.is_dir():
+        pytest.skip(f"needs the shared real episodes in {TRAIN}, which are absent")
+    return (TRAIN / "0.pt").read_bytes()
+
+
+@requires_shared
+@FUZZ
+@given(edits=EDITS, gzipped=st.booleans())
+def test_mutated_legacy_file(tmp_path, legacy_raw, edits, gzipped):
+    data = mutate(legacy_raw, edits)
+    path = tmp_path / ("mutated.pt.gz" if gzipped else "mutated.pt")
+    path.write_bytes(gzip.compress(data, compresslevel=1) if gzipped else data)
+    outcome = read_episode(path)
+    with mock.patch.object(dataset, "_read_legacy_fast", lambda raw: None):  # the restricted unpickler alone
+        restricted = read_episode(path)
+    assert same_outcome(outcome, restricted)
+
+
+# ---- TFRecord ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tfrecord_raw():
+    if not TFRECORD.is_file():
+        pytest.skip(f"needs the shared TFRecord {TFRECORD}, which is absent")
+    return TFRECORD.read_bytes()
+
+
+@requires_shared
+@settings(FUZZ, max_examples=40)  # each example CRC-checks up to 3.5 MB
+@given(edits=EDITS)
+def test_mutated_tfrecord_file(tmp_path, tfrecord_raw, edits):
+    path = tmp_path / "mutated.tfrecord"
+    path.write_bytes(mutate(tfrecord_raw, edits))
+    read_tfrecord(path)
+
+
+def small_example() -> bytes:
+    frames, cameras = tiny_episode(2)
+    return example({"frames": frames, "cameras": cameras.reshape(-1), "steps": np.array([3, -1], np.int64)})
+
+
+@FUZZ
+@given(edits=EDITS)
+def test_mutated_example_in_valid_framing(tmp_path, edits):
+    """Mutated tf.train.Example payloads, framed with correct CRCs so that they reach parse_example."""
+    path = tmp_path / "example.tfrecord"
+    path.write_bytes(tfrecord_bytes([mutate(small_example(), edits)]))
+    assert len(read_tfrecord(path)) == 1
+
+
+@FUZZ
+@given(length=st.one_of(st.integers(0, 1 << 20), st.integers(0, (1 << 64) - 1)), tail=st.binary(max_size=64))
+def test_any_record_length_with_valid_length_crc(tmp_path, length, tail):
+    """A header whose length CRC is right but whose length is anything (up to 2**64 - 1)."""
+    header = struct.pack("<Q", length)
+    path = tmp_path / "framing.tfrecord"
+    path.write_bytes(header + struct.pack("<I", masked_crc32c(header)) + tail)
+    read_tfrecord(path)
+
+
+# ---- regressions found by the fuzzing above -------------------------------------------------------------
+def test_huge_record_length_is_a_truncation_error(tmp_path):
+    """A length (with a valid CRC) beyond the file's end was passed to read(): MemoryError or OverflowError
+    instead of TFRecordError."""
+    for length in (1 << 40, (1 << 64) - 1):
+        header = struct.pack("<Q", length)
+        path = tmp_path / "huge.tfrecord"
+        path.write_bytes(header + struct.pack("<I", masked_crc32c(header)) + b"abc")
+        with pytest.raises(TFRecordError, match=r"huge\.tfrecord: record 0: truncated"):
+            list(iter_records(path))
+
+
+def test_varint_beyond_64_bits_is_truncated_like_protobuf():
+    """A 10-byte varint above 2**64 in an Int64List raised OverflowError (not parse_example's ValueError,
+    so the converter crashed); protobuf keeps the low 64 bits."""
+    too_big = bytes([0xFF] * 9 + [0x7F])  # 2**70 - 1 -> low 64 bits all set -> -1
+    for int64_list in (field(1, too_big), b"\x08" + too_big):  # packed, and one value per field
+        features = parse_example(field(1, field(1, field(1, b"k") + field(2, field(3, int64_list)))))
+        assert features["k"].dtype == np.int64 and features["k"].tolist() == [-1]
