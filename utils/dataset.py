@@ -11,7 +11,9 @@ Formats read by :func:`load_episode` (all of them also gzip-compressed, detected
   array or list of JPEG bytes; cameras: float32 (1, N, 5)). No tensors, so no storage section follows.
   It is read with a restricted unpickler that builds only that namedtuple, plain numeric or object
   arrays (rebuilt from checked shape/dtype/data, never by numpy's own unpickling), latin-1 bytes and
-  plain containers; any other global is refused, so no code from a file ever runs.
+  plain containers; any other global is refused, so no code from a file ever runs. Files laid out
+  byte for byte as the original tools wrote them are read by a faster, equivalent path that checks that
+  exact layout (:func:`_read_legacy_fast`); anything else goes to the restricted unpickler.
 * ours (written by :func:`save_episode`): ``torch.save`` (zip) of a plain dict ``{"frames": uint8 tensor
   of all JPEG bytes concatenated, "frame_offsets": int64 (N + 1,), "cameras": float32 (N, 5)}``, read
   with ``torch.load(weights_only=True)``.
