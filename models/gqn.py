@@ -161,14 +161,15 @@ class InferenceCore(nn.Module):
                             upsample_vector(r, self.upsample_r)], dim=1)  # (B, 266, s, s)
         return self.core.prepare(static)
 
-    def step(self, prepared, cell, hidden, h_g, u):
-        """All of ``cell, hidden, h_g, u`` None: the first layer's zero state."""
-        dynamic = None if h_g is None else torch.cat([h_g, self.downsample_u(u)], dim=1)
+    def step(self, prepared, cell, hidden, h_g, u_state):
+        """``u_state`` = ``downsample_u`` of the canvas (see ``canvas_to_state``). All of ``cell, hidden,
+        h_g, u_state`` None: the first layer's zero state."""
+        dynamic = None if h_g is None else torch.cat([h_g, u_state], dim=1)
         return self.core.step(prepared, dynamic, cell, hidden)
 
 
 class GenerationCore(nn.Module):
-    """Generator core: input [h_g | v, r (static) | z (dynamic)]; adds its upsampled state to the canvas."""
+    """Generator core: input [h_g | v, r (static) | z (dynamic)]; ``upsample_h`` lifts its states onto the canvas."""
 
     def __init__(self, cfg: CoreConfig):
         super().__init__()
@@ -182,8 +183,16 @@ class GenerationCore(nn.Module):
         static = torch.cat([upsample_vector(v, self.upsample_v), upsample_vector(r, self.upsample_r)], dim=1)
         return self.core.prepare(static)  # static: (B, 263, s, s)
 
-    def step(self, prepared, cell, hidden, u, z):
-        """``cell, hidden, u`` None: the first layer's zero state (and empty canvas)."""
-        cell, hidden = self.core.step(prepared, z, cell, hidden)
-        canvas = self.upsample_h(hidden)
-        return cell, hidden, canvas if u is None else u + canvas
+    def step(self, prepared, cell, hidden, z):
+        return self.core.step(prepared, z, cell, hidden)
+
+
+def canvas_to_state(downsample: nn.Conv2d, upsample: nn.ConvTranspose2d) -> torch.Tensor:
+    """The 1 x 1 convolution weight (C, C, 1, 1) equal to ``downsample(upsample(h))``.
+
+    Both are bias-free with kernel = stride, so each state pixel owns one patch of the canvas and the
+    round trip mixes channels only: W[o, i] = sum over (c, kh, kw) of down[o, c, kh, kw] up[i, c, kh, kw].
+    """
+    for layer in (downsample, upsample):
+        assert layer.bias is None and layer.kernel_size == layer.stride, "needs bias-free, kernel = stride"
+    return torch.einsum("ockl,ickl->oi", downsample.weight, upsample.weight)[:, :, None, None]

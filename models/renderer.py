@@ -9,9 +9,10 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from models.gqn import IMAGE_CHANNELS, CoreConfig, GenerationCore, InferenceCore
+from models.gqn import IMAGE_CHANNELS, CoreConfig, GenerationCore, InferenceCore, canvas_to_state
 
 HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
@@ -58,21 +59,30 @@ class Renderer(nn.Module):
         if posterior:
             assert x.shape == (batch, IMAGE_CHANNELS, size, size), f"x must be ({batch}, 3, {size}, {size})"
             inference = self.inference_core.prepare(x, v, r)
-        # None = the zero state (and empty canvas) before the first layer: the cores skip convolving it.
-        c_g = h_g = c_e = h_e = u = None
+        # None = the zero state before the first layer: the cores skip convolving it.
+        c_g = h_g = c_e = h_e = None
+        # The canvas is u = sum over layers of upsample_h(h_g), and upsample_h is linear, so keep the sum
+        # of the generator states instead (s x s, not S x S) and lift it once at the end; the inference
+        # core's downsample_u(u) is then one 1 x 1 convolution of that sum.
+        state_sum = None
+        if posterior:
+            to_state = canvas_to_state(self.inference_core.downsample_u, self.generation_core.upsample_h)
         kl = v.new_zeros(batch) if posterior else None
         for _ in range(self.layers):
             h_prior = v.new_zeros(batch, cfg.hidden, s, s) if h_g is None else h_g
             prior_mu, prior_logvar = self.eta_pi(h_prior).chunk(2, dim=1)  # (B, latent, s, s) each
             if posterior:
-                c_e, h_e = self.inference_core.step(inference, c_e, h_e, h_g, u)
+                u_state = None if state_sum is None else F.conv2d(state_sum, to_state)  # (B, hidden, s, s)
+                c_e, h_e = self.inference_core.step(inference, c_e, h_e, h_g, u_state)
                 mu, logvar = self.eta_e(h_e).chunk(2, dim=1)
                 kl = kl + gaussian_kl(mu, logvar, prior_mu, prior_logvar).flatten(1).sum(1)
             else:
                 mu, logvar = prior_mu, prior_logvar
             z = mu + (0.5 * logvar).exp() * torch.randn_like(mu)
-            c_g, h_g, u = self.generation_core.step(generator, c_g, h_g, u, z)
-        return self.eta_g(u), kl
+            c_g, h_g = self.generation_core.step(generator, c_g, h_g, z)
+            state_sum = h_g if state_sum is None else state_sum + h_g
+        canvas = self.generation_core.upsample_h(state_sum)  # (B, hidden, S, S)
+        return self.eta_g(canvas), kl
 
     def elbo(self, x, v, r, sigma: float) -> Losses:
         mean, kl = self.draw(v, r, x)
