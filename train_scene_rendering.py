@@ -418,7 +418,8 @@ class Trainer:
         self.model.eval()
         try:
             torch.manual_seed(args.seed)  # the same noise at every evaluation; training reseeds every step
-            self.log_images(writer, "images/train", train_batch)
+            if train_batch is not None:
+                self.log_images(writer, "images/train", train_batch)
             for k, batch in self.test_batches.items():
                 torch.manual_seed(args.seed)
                 losses = self.eval_model()(*batch.model_inputs(device), sigma)
@@ -454,6 +455,8 @@ class Trainer:
         if main:
             note(f"training {'GQN baseline' if args.baseline else 'GEN'} on {runtime.describe()}, steps "
                  f"{self.step}..{args.steps}, logs in {self.run_dir}")
+        if main and self.step == 0:
+            self.evaluate(writer, train_batch=None)  # the untrained model: where the test curves start
         bar = tqdm(total=args.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True)
         try:
             with warnings.catch_warnings():
