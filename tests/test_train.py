@@ -77,10 +77,11 @@ def test_tensorboard_holds_the_scalar_and_image_tags(straight_run):
     assert expected <= set(scalars), expected - set(scalars)
     assert {"train/loss_1x1", "train/loss_2x2"} & set(scalars)
     assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4, 5, 6]
-    assert [step for step, _ in scalars["test/loss_2x2"]] == [3, 6]
+    assert [step for step, _ in scalars["test/loss_2x2"]] == [0, 3, 6]  # untrained, then every --log_interval
     assert scalars["lr"][0][1] == pytest.approx(schedules.learning_rate(0))
     assert set(images) == {"images/train", "images/test_1x1", "images/test_2x2"}
-    assert images["images/test_1x1"] == [3, 6]
+    assert images["images/test_1x1"] == [0, 3, 6]
+    assert images["images/train"] == [3, 6]  # no training batch before the first step
 
 
 @requires_shared
