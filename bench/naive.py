@@ -11,141 +11,57 @@ What it does the slow way, on purpose (each is what the optimised model avoids):
   ``[hidden, x, v, r, ...]``, although x, v and r do not change across the DRAW layers;
 - both cores upsample r (312 -> 256 x 16 x 16) and the query pose with ``nn.ConvTranspose2d`` on a
   (B, C, 1, 1) tensor at every layer, and the inference core downsamples x at every layer;
-- the GEN's edge index tensors and node positions are rebuilt from Python lists at every forward.
+- the GEN's graph geometry (node positions, edge index tensors) is rebuilt at every forward.
 (The original also decoded all 300 frames of an episode to use 9; ``bench/bench_data.py`` measures
 that part. This file is only the model.)
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from models.gen import MLP, POSITION_DIM
-from models.gqn import IMAGE_CHANNELS, POSE_DIM, SCALE, CoreConfig, Pool, SummedComposer, pose_copies
+from models.gen import GraphComposer
+from models.gqn import (IMAGE_CHANNELS, Conv2dLSTMCell, CoreConfig, GenerationCore, InferenceCore,
+                        SummedComposer)
 from models.renderer import Losses, gaussian_kl, gaussian_nll
 from models.scene import ModelConfig
-from models.structure import NODES_PER_CELL, SPACING
+from models.structure import GridStructure
 
 
-class NaiveConv2dLSTMCell(nn.Module):
-    """ConvLSTM cell over ``[hidden, input]``: four gate convolutions of the whole input, every step."""
-
-    def __init__(self, in_channels: int, hidden: int, kernel_size: int = 5):
-        super().__init__()
-        total = in_channels + hidden
-        padding = kernel_size // 2
-        self.forget = nn.Conv2d(total, hidden, kernel_size, padding=padding)
-        self.input = nn.Conv2d(total, hidden, kernel_size, padding=padding)
-        self.output = nn.Conv2d(total, hidden, kernel_size, padding=padding)
-        self.state = nn.Conv2d(total, hidden, kernel_size, padding=padding)
-
-    def forward(self, inputs, cell, hidden):
-        inputs = torch.cat([hidden, inputs], dim=1)
-        forget = torch.sigmoid(self.forget(inputs))
-        input_ = torch.sigmoid(self.input(inputs))
-        output = torch.sigmoid(self.output(inputs))
-        state = torch.tanh(self.state(inputs))
-        cell = forget * cell + input_ * state
-        hidden = output * torch.tanh(cell)
-        return cell, hidden
+def naive_lstm_step(cell_module: Conv2dLSTMCell, inputs, cell, hidden):
+    """One ConvLSTM step over ``[hidden, inputs]``: four gate convolutions of the whole input."""
+    inputs = torch.cat([hidden, inputs], dim=1)
+    forget = torch.sigmoid(cell_module.forget(inputs))
+    input_ = torch.sigmoid(cell_module.input(inputs))
+    output = torch.sigmoid(cell_module.output(inputs))
+    state = torch.tanh(cell_module.state(inputs))
+    cell = forget * cell + input_ * state
+    return cell, output * torch.tanh(cell)
 
 
-class NaiveInferenceCore(nn.Module):
-    def __init__(self, cfg: CoreConfig):
-        super().__init__()
-        s = cfg.state_size
-        self.downsample_x = nn.Conv2d(IMAGE_CHANNELS, IMAGE_CHANNELS, SCALE, stride=SCALE, bias=False)
-        self.upsample_v = nn.ConvTranspose2d(POSE_DIM, POSE_DIM, s, stride=s, bias=False)
-        self.upsample_r = nn.ConvTranspose2d(cfg.r_dim, cfg.r_channels, s, stride=s, bias=False)
-        self.downsample_u = nn.Conv2d(cfg.hidden, cfg.hidden, SCALE, stride=SCALE, bias=False)
-        self.core = NaiveConv2dLSTMCell(IMAGE_CHANNELS + POSE_DIM + cfg.r_channels + 2 * cfg.hidden, cfg.hidden)
+class NaiveInferenceCore(InferenceCore):
+    """The optimised core's parameters, used per layer the textbook way."""
 
     def forward(self, x, v, r, c_e, h_e, h_g, u):
         x = self.downsample_x(x)  # (B, 3, s, s)
         v = self.upsample_v(v[:, :, None, None])  # (B, 7, s, s)
         r = self.upsample_r(r[:, :, None, None])  # (B, 256, s, s)
         u = self.downsample_u(u)  # (B, 128, s, s)
-        return self.core(torch.cat([x, v, r, h_g, u], dim=1), c_e, h_e)
+        return naive_lstm_step(self.core, torch.cat([x, v, r, h_g, u], dim=1), c_e, h_e)
 
 
-class NaiveGenerationCore(nn.Module):
-    def __init__(self, cfg: CoreConfig):
-        super().__init__()
-        s = cfg.state_size
-        self.upsample_v = nn.ConvTranspose2d(POSE_DIM, POSE_DIM, s, stride=s, bias=False)
-        self.upsample_r = nn.ConvTranspose2d(cfg.r_dim, cfg.r_channels, s, stride=s, bias=False)
-        self.core = NaiveConv2dLSTMCell(POSE_DIM + cfg.r_channels + cfg.latent, cfg.hidden)
-        self.upsample_h = nn.ConvTranspose2d(cfg.hidden, cfg.hidden, SCALE, stride=SCALE, bias=False)
-
+class NaiveGenerationCore(GenerationCore):
     def forward(self, v, r, c_g, h_g, u, z):
         v = self.upsample_v(v[:, :, None, None])
         r = self.upsample_r(r[:, :, None, None])
-        c_g, h_g = self.core(torch.cat([v, r, z], dim=1), c_g, h_g)
+        c_g, h_g = naive_lstm_step(self.core, torch.cat([v, r, z], dim=1), c_g, h_g)
         return c_g, h_g, u + self.upsample_h(h_g)
 
 
-def naive_edges(side: int, device) -> torch.Tensor:
-    """(2, E) 4-neighbour edges of a side x side lattice from Python lists, in the optimised order
-    (all right-pointing, all up-pointing, then the same reversed), so ``index_add_`` sums alike."""
-    pairs = [(row * side + col, row * side + col + 1) for row in range(side) for col in range(side - 1)]
-    pairs += [(row * side + col, (row + 1) * side + col) for row in range(side - 1) for col in range(side)]
-    pairs += [(sink, source) for source, sink in pairs]
-    return torch.tensor(pairs, device=device).t()
+class NaiveGraphComposer(GraphComposer):
+    """The GEN composer with its graph geometry (node positions, edge indices) rebuilt at every forward."""
 
-
-def naive_node_offsets(side: int, device) -> torch.Tensor:
-    return torch.tensor([[col * SPACING, row * SPACING] for row in range(side) for col in range(side)],
-                        device=device)
-
-
-def naive_bilinear_weights(points, origin, side: int):
-    """Same maths as ``GridStructure.bilinear_weights``: each point spread over its square's 4 nodes."""
-    last = side - 1
-    lattice = ((points - origin[:, None, :]) / SPACING).clamp(0, last)
-    corner = lattice.floor().clamp(max=last - 1)
-    frac = lattice - corner
-    corner = corner.long()
-    weights = points.new_zeros(*points.shape[:2], side * side)
-    for dx in (0, 1):
-        for dy in (0, 1):
-            wx = frac[..., 0] if dx else 1 - frac[..., 0]
-            wy = frac[..., 1] if dy else 1 - frac[..., 1]
-            node = (corner[..., 1] + dy) * side + corner[..., 0] + dx
-            weights.scatter_add_(2, node.unsqueeze(-1), (wx * wy).unsqueeze(-1))
-    return weights
-
-
-class NaiveGraphComposer(nn.Module):
-    def __init__(self, embedding: int = 254, hidden: int = 512, message_steps: int = 9, copies: int = 8,
-                 max_grid: int = 5):
-        super().__init__()
-        state = POSITION_DIM + embedding
-        self.embedder = Pool(embedding)
-        self.edge_module = MLP(2 * state, hidden, state)
-        self.node_module = MLP(2 * state, hidden, embedding)
-        self.message_steps = message_steps
-        self.copies = copies
-        self.max_grid = max_grid
-        self.output_dim = state + copies * POSE_DIM
-
-    def forward(self, context_frames, context_poses, query_poses, origin, grid: int):
-        if grid > self.max_grid:
-            raise ValueError(f"grid {grid} is larger than this model's world ({self.max_grid})")
-        n, v = context_poses.shape[:2]
-        side = NODES_PER_CELL * grid + 1
-        edges = naive_edges(side, origin.device)  # rebuilt at every forward
-        source, sink = edges[0], edges[1]
-        positions = origin[:, None, :] + naive_node_offsets(side, origin.device)
-        embeddings = self.embedder(context_frames.flatten(0, 1), context_poses.flatten(0, 1)).view(n, v, -1)
-        write = naive_bilinear_weights(context_poses[..., :POSITION_DIM], origin, side)
-        memory = write.transpose(1, 2) @ embeddings
-        for _ in range(self.message_steps):
-            state = torch.cat([positions, memory], dim=-1)
-            messages = self.edge_module(torch.cat([state[:, source], state[:, sink]], dim=-1))
-            incoming = messages.new_zeros(state.shape).index_add_(1, sink, messages)
-            memory = memory + self.node_module(torch.cat([incoming, state], dim=-1))
-        state = torch.cat([positions, memory], dim=-1)
-        read = naive_bilinear_weights(query_poses[..., :POSITION_DIM], origin, side)
-        return torch.cat([read @ state, pose_copies(query_poses, self.copies)], dim=-1)
+    def structure(self, grid: int) -> GridStructure:
+        super().structure(grid)  # the same world-size check
+        return GridStructure(grid).to(self.edge_module.fc0.weight.device)
 
 
 class NaiveSceneModel(nn.Module):
