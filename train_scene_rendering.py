@@ -27,7 +27,7 @@ from utils import distributed, schedules, summaries
 from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from utils.checkpoint_dir import CheckpointDir
 from utils.dataset import EpisodeError, list_episodes
-from utils.hotel import WORLD_MAZES, HotelSteps
+from utils.hotel import WORLD_MAZES, HotelSteps, step_key
 
 PROG = "train_scene_rendering.py"
 AUTO = "auto"
@@ -196,7 +196,7 @@ def plain(value):
 
 def noise_seed(seed: int, step: int, rank: int) -> int:
     """Seed of a step's DRAW noise: distinct per (seed, step, rank), different from the batch plan's."""
-    return (((seed * 1_000_003 + step) * 7_919 + rank) * 2 + 1) % (2 ** 63)
+    return (step_key(seed, step, rank) * 2 + 1) % (2 ** 63)
 
 
 def to_cpu(value):

@@ -52,9 +52,13 @@ class StepPlan(NamedTuple):
     origin: torch.Tensor  # (H, 2) lower-left world corner of each hotel
 
 
+def step_key(seed: int, step: int, rank: int) -> int:
+    """One integer per (seed, step, rank), distinct for all of them; the large multipliers keep them apart."""
+    return (seed * 1_000_003 + step) * 7_919 + rank
+
+
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    # Distinct, reproducible streams per (seed, step, rank); the large odd multipliers keep them apart.
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7_919 + rank)
+    return torch.Generator().manual_seed(step_key(seed, step, rank))
 
 
 def plan_step(seed: int, step: int, rank: int, n_episodes: int, batch_size: int, grids: Sequence[int],
