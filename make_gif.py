@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from models.structure import CELL
+from models.structure import CELL, SPACING
 from evaluate import run_name
 from utils.checkpoint import CheckpointError, model_from_checkpoint
 from utils.dataset import EPISODE_SUFFIXES, EpisodeError, decode_views, list_episodes, load_episode
@@ -116,7 +116,7 @@ class MapCanvas:
             at = round(i * CELL * self.scale)
             draw.line([(at, 0), (at, size)], fill=BACKGROUND)
             draw.line([(0, at), (size, at)], fill=BACKGROUND)
-        self.node_radius = max(2.0, min(5.0, 0.2 * CELL / 4 * self.scale))
+        self.node_radius = max(2.0, min(5.0, 0.2 * SPACING * self.scale))
         if structure is not None:
             self.nodes = self.to_pixels(structure.node_positions(origin[None])[0])  # (nodes, 2)
             for a, b in zip(structure.source.tolist(), structure.sink.tolist()):
@@ -152,7 +152,7 @@ class MapCanvas:
                 alpha = int(round(255 * float(weights[node])))
                 draw.ellipse([x - r, y - r, x + r, y + r], fill=ACTIVE + (alpha,))
         x, y = self.to_pixels(xy).tolist()
-        length = max(10.0, 0.6 * CELL / 4 * self.scale)
+        length = max(10.0, 0.6 * SPACING * self.scale)
         tip = (x + length * math.cos(yaw), y - length * math.sin(yaw))  # pixel rows grow southwards
         left = (x + 0.6 * length * math.cos(yaw + 2.5), y - 0.6 * length * math.sin(yaw + 2.5))
         right = (x + 0.6 * length * math.cos(yaw - 2.5), y - 0.6 * length * math.sin(yaw - 2.5))
