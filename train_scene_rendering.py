@@ -27,7 +27,7 @@ from utils import distributed, schedules, summaries
 from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from utils.checkpoint_dir import CheckpointDir
 from utils.dataset import EpisodeError, list_episodes
-from utils.hotel import WORLD_MAZES, HotelSteps, step_key
+from utils.hotel import WORLD_MAZES, HotelSteps, step_key, step_loader
 
 PROG = "train_scene_rendering.py"
 AUTO = "auto"
@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     devices.add_argument("--device_ids", type=count, nargs="*", default=None, metavar="ID",
                          help="CUDA ids (several: DataParallel); default all visible GPUs, or CPU; "
                               "given with no ids: CPU")
+    devices.add_argument("--amp", action="store_true",
+                         help="bf16 autocast for the training step's forward (meant for GPUs; test losses stay fp32)")
+    devices.add_argument("--compile", action="store_true",
+                         help="torch.compile the training step's model (one GPU or torchrun; not DataParallel)")
     return p
 
 
@@ -271,6 +275,12 @@ class Trainer:
         self.bad_files = set()
         self.resume()
         self.wrapped = distributed.wrap(self.model, runtime)
+        if args.compile and isinstance(self.wrapped, torch.nn.DataParallel):
+            raise TrainingError("--compile does not work with DataParallel (several --device_ids); use one GPU or "
+                                "torchrun --nproc_per_node N")
+        # The model the training step runs; evaluation and image summaries use the eager fp32 model.
+        # dynamic=False: one static graph per hotel size k (each has its own shapes), compiled once.
+        self.step_model = torch.compile(self.wrapped, dynamic=False) if args.compile else self.wrapped
         self.good = self.snapshot()  # what a blow-up goes back to: the last checkpoint's state
         self.saved_step = None
 
@@ -372,8 +382,9 @@ class Trainer:
         lr, sigma = self.lr(step), self.sigma(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        losses = self.wrapped(*batch.model_inputs(runtime.device), sigma)
-        loss = losses.loss.mean()
+        with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=args.amp):
+            losses = self.step_model(*batch.model_inputs(runtime.device), sigma)
+        loss = losses.loss.float().mean()
         if _loss_hook is not None:
             loss = _loss_hook(step, loss)
         self.optimizer.zero_grad(set_to_none=True)
@@ -383,7 +394,7 @@ class Trainer:
             if path not in self.bad_files:
                 self.bad_files.add(path)
                 note(f"warning: skipped damaged episode {path}")
-        stats = torch.stack([loss.detach(), losses.kl.detach().mean(), grad_norm.detach().to(loss.device)]).float()
+        stats = torch.stack([loss.detach(), losses.kl.detach().float().mean(), grad_norm.detach().to(loss.device)]).float()
         flags = torch.tensor([len(self.bad_files), float(stop.requested)], device=stats.device)
         stats = distributed.reduce_sum(torch.cat([stats, flags]), runtime)
         loss_v, kl_v, norm_v, bad, stop = stats.tolist()  # the step's one host sync
@@ -448,10 +459,8 @@ class Trainer:
             return 0
         main = runtime.is_main
         writer = summaries.open_writer(self.run_dir / "runs", enabled=main, purge_step=self.step or None)
-        loader = torch.utils.data.DataLoader(
-            self.data, batch_size=None, sampler=range(self.step, args.steps), num_workers=args.workers,
-            pin_memory=runtime.device.type == "cuda", persistent_workers=args.workers > 0,
-            worker_init_fn=_worker_init if args.workers else None)
+        loader = step_loader(self.data, range(self.step, args.steps), args.workers,
+                             pin_memory=runtime.device.type == "cuda", worker_init_fn=_worker_init)
         if main:
             note(f"training {'GQN baseline' if args.baseline else 'GEN'} on {runtime.describe()}, steps "
                  f"{self.step}..{args.steps}, logs in {self.run_dir}")

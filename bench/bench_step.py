@@ -161,7 +161,7 @@ def main(args) -> dict:
     batch = synthetic_batch(args.batch_size, args.grid, args.img_size, args.context_views, device, args.seed)
     torch.manual_seed(args.seed)
     eager = SceneModel(cfg).to(device)
-    model = torch.compile(eager) if args.compile else eager
+    model = torch.compile(eager, dynamic=False) if args.compile else eager
     ours = Stepper(model, batch, device, args.amp)
     for _ in range(warmup):
         ours.step()

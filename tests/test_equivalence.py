@@ -19,11 +19,11 @@ def close(actual, expected, rtol=RTOL):
     return ((actual - expected).abs().max() / scale).item() <= rtol
 
 
-def pair(baseline: bool, layers: int):
+def pair(baseline: bool, layers: int, device="cpu"):
     cfg = ModelConfig(img_size=16, layers=layers, baseline=baseline)
     torch.manual_seed(0)
-    optimised = SceneModel(cfg)
-    naive = NaiveSceneModel(cfg)
+    optimised = SceneModel(cfg).to(device)
+    naive = NaiveSceneModel(cfg).to(device)
     naive.load_state_dict(optimised.state_dict(), strict=True)
     return optimised, naive
 
@@ -33,9 +33,9 @@ IDS = [f"{'baseline' if b else 'gen'}-grid{g}-L{l}" for b, g, l in CASES]
 
 
 @pytest.mark.parametrize("baseline,grid,layers", CASES, ids=IDS)
-def test_elbo_and_gradients_match(baseline, grid, layers):
-    optimised, naive = pair(baseline, layers)
-    batch = synthetic_batch(2 * grid * grid, grid, 16, context_views=3, device="cpu", seed=1)
+def test_elbo_and_gradients_match(baseline, grid, layers, device):
+    optimised, naive = pair(baseline, layers, device)
+    batch = synthetic_batch(2 * grid * grid, grid, 16, context_views=3, device=device, seed=1)
     results = []
     for model in (optimised, naive):
         torch.manual_seed(123)
@@ -53,10 +53,10 @@ def test_elbo_and_gradients_match(baseline, grid, layers):
 
 
 @pytest.mark.parametrize("baseline", (False, True), ids=("gen", "baseline"))
-def test_generation_matches(baseline):
-    optimised, naive = pair(baseline, layers=3)
+def test_generation_matches(baseline, device):
+    optimised, naive = pair(baseline, layers=3, device=device)
     context_frames, context_poses, query_frames, query_poses, origin, grid = synthetic_batch(
-        2, 1, 16, context_views=3, device="cpu", seed=2)
+        2, 1, 16, context_views=3, device=device, seed=2)
     images = []
     with torch.no_grad():
         for model in (optimised, naive):
@@ -71,10 +71,10 @@ def test_generation_matches(baseline):
     assert not torch.allclose(other, images[1])
 
 
-def test_bf16_autocast_forward_runs():
+def test_bf16_autocast_forward_runs(device):
     """--amp in bench_step / training: the GEN's message sum must follow the messages' dtype."""
-    optimised, _ = pair(baseline=False, layers=2)
-    batch = synthetic_batch(2, 1, 16, context_views=3, device="cpu", seed=3)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    optimised, _ = pair(baseline=False, layers=2, device=device)
+    batch = synthetic_batch(2, 1, 16, context_views=3, device=device, seed=3)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         losses = optimised(*batch, SIGMA)
     assert torch.isfinite(losses.loss).all()

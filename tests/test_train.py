@@ -99,6 +99,19 @@ def test_loads_an_original_format_checkpoint_and_continues_from_its_epoch(scratc
         assert (checkpoint["model_state_dict"][key] - value).abs().max() < 2e-3, key
 
 
+@requires_shared
+def test_amp_trains_in_bf16_autocast_and_keeps_float32_weights(scratch, one_thread):
+    assert train.main(tiny(scratch, "--amp", steps=2)) == 0
+    checkpoint = load(scratch / "run" / "models" / "checkpoint-final.pt")
+    assert checkpoint["args"]["amp"] is True
+    torch.manual_seed(0)  # the run's seed: the same initial weights
+    initial = SceneModel(ModelConfig(img_size=16, layers=2)).state_dict()
+    weights = checkpoint["model_state_dict"]
+    assert all(value.dtype == torch.float32 for value in weights.values() if value.is_floating_point())
+    assert all(torch.isfinite(value).all() for value in weights.values())
+    assert any(not torch.equal(value, initial[key]) for key, value in weights.items()), "the steps trained"
+
+
 # ----------------------------------------------------------------------------- bad invocations
 
 def test_bad_flags_exit_with_one_line_before_any_work(scratch, capsys):

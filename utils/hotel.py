@@ -153,3 +153,11 @@ class HotelSteps(torch.utils.data.Dataset):
 
         batch = build_hotels(self.plan(step), load, self.img_size, self.raw_poses)
         return batch._replace(bad_files=tuple(newly_bad))
+
+
+def step_loader(steps: HotelSteps, indices: Sequence[int], workers: int, pin_memory: bool, worker_init_fn=None):
+    """The training loader: item ``i`` is step ``indices[i]``'s whole batch, built ``workers`` processes
+    ahead (kept alive across the run) and, for a GPU, in pinned memory so the copy can overlap compute."""
+    return torch.utils.data.DataLoader(steps, batch_size=None, sampler=indices, num_workers=workers,
+                                       pin_memory=pin_memory, persistent_workers=workers > 0,
+                                       worker_init_fn=worker_init_fn if workers else None)

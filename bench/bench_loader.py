@@ -1,0 +1,76 @@
+"""Training-loader benchmark: batches the training DataLoader delivers per second with ``--workers N``.
+
+It builds exactly what ``train_scene_rendering.py`` iterates (``HotelSteps`` through ``step_loader``:
+one whole k x k hotel batch per step, ``--workers`` persistent processes, pinned memory with
+``--pin_memory``) and times the steady state: the first ``--warmup`` batches (worker start-up, first
+file reads) are not counted. Compare ``samples_per_s`` with ``bench_step.py``'s ``samples_per_s`` at
+the same batch size: the loader keeps the GPU fed when it is the larger.
+
+    python bench/bench_loader.py --data_dir DIR --workers 8 --batch_size 36 [--img_size 64] [--grids 1 2]
+
+The last line printed is one JSON object.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from utils.dataset import EpisodeError  # noqa: E402
+from utils.hotel import HotelSteps, step_loader  # noqa: E402
+
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "mazes" / "train"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR,
+                   help="directory of episode files (default: ../shared/mazes/train next to the repo)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes, as in training")
+    p.add_argument("--batch_size", type=int, default=36, help="mazes per step, as in training")
+    p.add_argument("--img_size", type=int, default=64)
+    p.add_argument("--context_views", type=int, default=8)
+    p.add_argument("--grids", type=int, nargs="+", default=[1, 2], help="train grids k drawn per step")
+    p.add_argument("--steps", type=int, default=60, help="timed batches")
+    p.add_argument("--warmup", type=int, default=None, help="untimed first batches (default: 2 per worker, at least 2)")
+    p.add_argument("--pin_memory", action="store_true", help="pinned batches, as training on a GPU uses")
+    return p.parse_args(argv)
+
+
+def main(args) -> dict:
+    if args.workers < 0 or args.steps < 1:
+        raise SystemExit("error: --workers must be >= 0 and --steps >= 1")
+    try:
+        steps = HotelSteps(args.data_dir, args.img_size, args.batch_size, args.grids, args.context_views, seed=0)
+    except EpisodeError as error:
+        raise SystemExit(f"error: {error} (pass --data_dir DIR with *.pt / *.pt.gz episodes)")
+    warmup = args.warmup if args.warmup is not None else max(2, 2 * args.workers)
+    loader = step_loader(steps, range(warmup + args.steps), args.workers, pin_memory=args.pin_memory)
+    samples = 0
+    start = None
+    for i, batch in enumerate(loader):
+        if i == warmup:
+            start = time.perf_counter()
+        if i >= warmup:
+            samples += batch.query_frames.shape[0] * batch.query_frames.shape[1]
+    seconds = time.perf_counter() - start
+    result = {
+        "samples_per_s": round(samples / seconds, 1),
+        "batches_per_s": round(args.steps / seconds, 2),
+        "workers": args.workers,
+        "cpu_count": os.cpu_count(),
+        "config": {k: getattr(args, k) for k in ("batch_size", "img_size", "context_views", "grids", "steps",
+                                                  "pin_memory")} | {"warmup": warmup, "episodes": len(steps.paths)},
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())
