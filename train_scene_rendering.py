@@ -206,7 +206,7 @@ def noise_seed(seed: int, step: int, rank: int) -> int:
 def to_cpu(value):
     """A detached CPU copy of a (nested) state dict."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        return value.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)  # plain layout on disk
     if isinstance(value, dict):
         return {k: to_cpu(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -265,6 +265,10 @@ class Trainer:
 
         torch.manual_seed(args.seed)
         self.model = SceneModel(ModelConfig.from_args(args)).to(runtime.device)
+        if runtime.device.type == "cuda":
+            # cuDNN's fast kernels are NHWC: NCHW weights cost two layout transposes per convolution
+            # (about 15% of a step's GPU time; bench/PROFILE.md).
+            self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.checkpoints = CheckpointDir(self.run_dir / "models", args.keep_checkpoints,
                                          warn=lambda m: runtime.is_main and note(f"warning: {m}"))
@@ -382,8 +386,10 @@ class Trainer:
         lr, sigma = self.lr(step), self.sigma(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        # A float sigma would be a constant of the compiled graph: a recompile at every step.
+        sigma_arg = torch.full((), sigma, device=runtime.device) if args.compile else sigma
         with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=args.amp):
-            losses = self.step_model(*batch.model_inputs(runtime.device), sigma)
+            losses = self.step_model(*batch.model_inputs(runtime.device), sigma_arg)
         loss = losses.loss.float().mean()
         if _loss_hook is not None:
             loss = _loss_hook(step, loss)

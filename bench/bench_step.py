@@ -2,15 +2,16 @@
 real shapes, against the naive reference in ``bench/naive.py``.
 
     python bench/bench_step.py --batch_size 4 --layers 8 --img_size 64 --grid 1 [--baseline]
-        [--device cpu|cuda] [--steps N] [--amp] [--compile] [--no-naive] [--profile ROWS]
+        [--device cpu|cuda] [--steps N] [--amp] [--compile [MODE]] [--channels_last] [--no-naive]
+        [--profile ROWS]
 
 ``batch_size`` mazes make ``batch_size // grid^2`` hotels of ``grid^2`` mazes, each maze with
 ``--context_views`` context views and one query, poses inside its cell of the hotel. After warm-up the
 optimised and the naive step alternate (A B B A ...) so both see the same machine load; medians are
 reported. The last line printed is one JSON object.
 
-Notes: ``--amp`` (bf16 autocast) applies to both models, ``--compile`` only to ours (the naive
-reference always runs eager). On CPU ``peak_mem_mb`` is the process's peak RSS after our model's
+Notes: ``--amp`` (bf16 autocast) applies to both models, ``--compile`` and ``--channels_last`` only to
+ours (the naive reference always runs eager, in the default NCHW layout). On CPU ``peak_mem_mb`` is the process's peak RSS after our model's
 warm-up, taken before the naive model exists; on CUDA it is ``max_memory_allocated`` over our steps.
 FLOPs (CUDA, or ``--flops`` on CPU) are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one
 eager forward + backward of our model.
@@ -136,7 +137,11 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=5, help="timed steps per model")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per model (default 1, 3 with --compile)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (both models)")
-    p.add_argument("--compile", action="store_true", help="torch.compile our model")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                   help="torch.compile our model (optionally with this mode)")
+    p.add_argument("--channels_last", action="store_true",
+                   help="our model's weights in channels-last (NHWC) layout, as training on a GPU uses")
     p.add_argument("--no-naive", dest="naive", action="store_false", help="skip the naive reference")
     p.add_argument("--flops", action="store_true", help="count FLOPs on CPU too (always on CUDA; also the naive model's)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
@@ -161,7 +166,9 @@ def main(args) -> dict:
     batch = synthetic_batch(args.batch_size, args.grid, args.img_size, args.context_views, device, args.seed)
     torch.manual_seed(args.seed)
     eager = SceneModel(cfg).to(device)
-    model = torch.compile(eager, dynamic=False) if args.compile else eager
+    if args.channels_last:
+        eager.to(memory_format=torch.channels_last)
+    model = torch.compile(eager, dynamic=False, mode=args.compile) if args.compile else eager
     ours = Stepper(model, batch, device, args.amp)
     for _ in range(warmup):
         ours.step()
@@ -202,7 +209,7 @@ def main(args) -> dict:
         "peak_mem_mb": round(peak_mem, 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "config": {k: getattr(args, k) for k in ("batch_size", "layers", "img_size", "grid", "baseline",
-                                                  "context_views", "steps", "amp", "compile")}
+                                                  "context_views", "steps", "amp", "compile", "channels_last")}
         | {"warmup": warmup, "threads": torch.get_num_threads(), "torch": torch.__version__},
     }
     result["steps_s"] = [round(t, 3) for t in times]

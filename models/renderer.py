@@ -29,9 +29,11 @@ def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
     return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1)
 
 
-def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, sigma: float) -> torch.Tensor:
-    """-log N(x; mean, sigma^2) summed over each image's pixels -> (B,)."""
-    return (0.5 * ((x - mean) / sigma) ** 2 + math.log(sigma) + HALF_LOG_TWO_PI).flatten(1).sum(1)
+def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, sigma) -> torch.Tensor:
+    """-log N(x; mean, sigma^2) summed over each image's pixels -> (B,). ``sigma``: a float, or a 0-d
+    tensor where it changes every step under torch.compile (a float would be baked into the graph)."""
+    log_sigma = sigma.log() if isinstance(sigma, torch.Tensor) else math.log(sigma)
+    return (0.5 * ((x - mean) / sigma) ** 2 + log_sigma + HALF_LOG_TWO_PI).flatten(1).sum(1)
 
 
 class Renderer(nn.Module):

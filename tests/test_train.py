@@ -112,6 +112,22 @@ def test_amp_trains_in_bf16_autocast_and_keeps_float32_weights(scratch, one_thre
     assert any(not torch.equal(value, initial[key]) for key, value in weights.items()), "the steps trained"
 
 
+@requires_shared
+def test_compile_traces_once_although_sigma_changes_every_step(scratch, one_thread, monkeypatch):
+    """--compile: the annealed pixel sigma is a graph input, not a constant, or every step recompiles
+    (seen on a GPU: 30 s a step). The eager backend keeps the test fast; tracing is what is tested."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compile_(model, backend="eager", **kw))
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    try:
+        assert train.main(tiny(scratch, "--compile", "--sigma_steps", 3, steps=4)) == 0
+    finally:
+        torch._dynamo.reset()
+    checkpoint = load(scratch / "run" / "models" / "checkpoint-final.pt")
+    assert checkpoint["sigma"] != schedules.pixel_sigma(0, steps=3)  # sigma did change
+    assert not any(key.startswith("_orig_mod.") for key in checkpoint["model_state_dict"])
+
+
 # ----------------------------------------------------------------------------- bad invocations
 
 def test_bad_flags_exit_with_one_line_before_any_work(scratch, capsys):
