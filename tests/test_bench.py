@@ -1,0 +1,42 @@
+"""The benchmarks the README quotes still run and report what they promise (tiny configurations: the
+numbers themselves are measured on purpose-run machines, not here)."""
+import pytest
+
+from bench import bench_data, bench_loader, bench_step
+from tests.conftest import REPO_ROOT
+
+SAMPLES = REPO_ROOT / "data_samples" / "train"
+
+
+def test_bench_step_reports_time_speedup_and_flops(capsys):
+    args = bench_step.parse_args(["--batch_size", "2", "--layers", "1", "--img_size", "16", "--steps", "1",
+                                  "--context_views", "2", "--flops", "--threads", "1"])
+    result = bench_step.main(args)
+    assert result["step_s_median"] > 0 and result["samples_per_s"] == pytest.approx(2 / result["step_s_median"],
+                                                                                     rel=1e-2)
+    assert result["speedup_vs_naive"] > 0
+    assert 0 < result["gflop_per_step"] < result["naive_gflop_per_step"]  # the optimised model does less work
+    assert "cpu_target" not in result  # only the issue's configuration is judged against the target
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_bench_loader_counts_the_mazes_it_delivered(workers):
+    args = bench_loader.parse_args(["--data_dir", str(SAMPLES), "--workers", str(workers), "--batch_size", "4",
+                                    "--img_size", "16", "--context_views", "2", "--steps", "3", "--warmup", "1"])
+    result = bench_loader.main(args)
+    assert result["samples_per_s"] == pytest.approx(4 * result["batches_per_s"], rel=0.02)
+    assert result["workers"] == workers and result["config"]["episodes"] == 16
+
+
+def test_bench_loader_rejects_a_folder_without_episodes(tmp_path):
+    with pytest.raises(SystemExit, match="holds no episode files"):
+        bench_loader.main(bench_loader.parse_args(["--data_dir", str(tmp_path)]))
+
+
+def test_bench_data_compares_with_the_decode_everything_path(capsys):
+    args = bench_data.parse_args(["--data_dir", str(SAMPLES), "--rounds", "1", "--per_round", "2",
+                                  "--img_size", "16"])
+    assert bench_data.main(args) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert '"ratio"' in line
