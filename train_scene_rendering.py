@@ -496,13 +496,14 @@ class Trainer:
     def loop(self, loader, writer, bar, stop) -> bool:
         """Train until --steps or a stop request (then True)."""
         args, main = self.args, self.runtime.is_main
-        last = time.perf_counter()
+        last = fetch_start = time.perf_counter()
         for batch in loader:
+            data_wait = time.perf_counter() - fetch_start  # near time_per_step: the GPU starves, raise --workers
             out = self.train_step(batch, stop)
             self.step += 1
             now = time.perf_counter()
             step_time, last = now - last, now
-            self.log_step(writer, out, step_time)
+            self.log_step(writer, out, step_time, data_wait)
             bar.set_postfix(loss=f"{out['loss']:.1f}", grid=f"{out['grid']}x{out['grid']}", refresh=False)
             bar.update()
             if out["bad_files"] > args.max_bad_files * self.n_episodes:
@@ -520,9 +521,10 @@ class Trainer:
             if main and self.step % args.log_interval == 0:
                 self.evaluate(writer, batch)
                 last = time.perf_counter()  # evaluation time is not step time
+            fetch_start = time.perf_counter()
         return False
 
-    def log_step(self, writer, out, step_time):
+    def log_step(self, writer, out, step_time, data_wait):
         step, k = self.step, out["grid"]
         if out["finite"]:
             writer.add_scalar(f"train/loss_{k}x{k}", out["local_loss"], step)
@@ -532,6 +534,7 @@ class Trainer:
         writer.add_scalar("lr", out["lr"], step)
         writer.add_scalar("sigma", out["sigma"], step)
         writer.add_scalar("time_per_step", step_time, step)
+        writer.add_scalar("time_data_wait", data_wait, step)
         writer.add_scalar("train/skipped_steps", self.skipped_steps, step)
         writer.add_scalar("data/skipped_episodes", out["bad_files"], step)
 
