@@ -229,7 +229,7 @@ def free_port() -> int:
 
 
 @requires_shared
-def test_torchrun_two_cpu_processes_stay_in_sync_and_only_rank_0_writes(scratch):
+def test_torchrun_two_cpu_processes_stay_in_sync_only_rank_0_writes_and_one_process_resumes(scratch):
     dumps = scratch / "dumps"
     dumps.mkdir()
     argv = tiny(scratch, "--batch_size", 4, "--log_interval", 2, steps=2)
@@ -249,3 +249,8 @@ def test_torchrun_two_cpu_processes_stay_in_sync_and_only_rank_0_writes(scratch)
     assert sorted(p.name for p in (run_dir / "models").iterdir()) == ["checkpoint-final.pt"]
     assert load(run_dir / "models" / "checkpoint-final.pt")["args"]["batch_size"] == 4
     assert run.stderr.count("done: step 2") == 1
+    # The 2-process checkpoint resumes in one process: nothing in it is per rank.
+    assert train.main(tiny(scratch, "--batch_size", 4, "--saved_model", "auto", steps=3)) == 0
+    resumed = load(run_dir / "models" / "checkpoint-final.pt")
+    assert resumed["epoch"] == 3
+    assert any(not torch.equal(resumed["model_state_dict"][k], rank0[k]) for k in rank0), "it trained on"
