@@ -401,9 +401,11 @@ class Trainer:
                 self.bad_files.add(path)
                 note(f"warning: skipped damaged episode {path}")
         stats = torch.stack([loss.detach(), losses.kl.detach().float().mean(), grad_norm.detach().to(loss.device)]).float()
-        flags = torch.tensor([len(self.bad_files), float(stop.requested)], device=stats.device)
-        stats = distributed.reduce_sum(torch.cat([stats, flags]), runtime)
-        loss_v, kl_v, norm_v, bad, stop = stats.tolist()  # the step's one host sync
+        flags = [len(self.bad_files), float(stop.requested)]
+        if runtime.distributed:  # every rank must agree on the step's outcome: sum the flags too
+            stats = distributed.reduce_sum(torch.cat([stats, stats.new_tensor(flags)]), runtime)
+        loss_v, kl_v, norm_v, *reduced = stats.tolist()  # the step's one host sync
+        bad, stop = reduced or flags
         world = runtime.world
         finite = math.isfinite(loss_v) and math.isfinite(norm_v)  # identical on every rank: reduced values
         if finite:
