@@ -22,10 +22,9 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.bench_data import DEFAULT_DATA_DIR  # noqa: E402
 from utils.dataset import EpisodeError  # noqa: E402
 from utils.hotel import HotelSteps, step_loader  # noqa: E402
-
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "mazes" / "train"
 
 
 def parse_args(argv=None):
