@@ -22,6 +22,7 @@ from utils.dataset import (
     Episode,
     EpisodeError,
     decode_views,
+    episode_digests,
     episode_info,
     list_episodes,
     load_episode,
@@ -445,3 +446,41 @@ def test_info_cli_json_text_and_errors(tmp_path, capsys):
     assert dataset.main(["info", str(tmp_path / "a.pt")]) == 0
     out, _ = capsys.readouterr()
     assert "4 frames 84x84" in out and rows[0]["cameras_sha256"] in out
+
+
+# ---- rewrite: legacy episodes into our format ---------------------------------------------------------
+
+@requires_shared
+def test_rewrite_keeps_every_byte_and_resumes(tmp_path, capsys):
+    sources = sorted((SHARED_MAZES / "train").glob("*.pt"))[:3]
+    src = tmp_path / "src"
+    src.mkdir()
+    for path in sources:
+        (src / path.name).symlink_to(path)
+    gz = src / "zipped.pt.gz"  # a compressed legacy file comes out plain
+    gz.write_bytes(gzip.compress(sources[0].read_bytes()))
+    dst = tmp_path / "dst"
+    assert dataset.main(["rewrite", str(src), str(dst), "--no_progress"]) == 0
+    assert sorted(p.name for p in dst.iterdir()) == sorted([p.name for p in sources] + ["zipped.pt"])
+    for path in sources:
+        out = dst / path.name
+        assert out.read_bytes()[:4] == b"PK\x03\x04", "our (zip) format"
+        assert episode_digests(load_episode(out)) == episode_digests(load_episode(path))
+    assert episode_digests(load_episode(dst / "zipped.pt")) == episode_digests(load_episode(sources[0]))
+    stamp = (dst / sources[1].name).stat().st_mtime_ns
+    (dst / sources[2].name).unlink()  # as if interrupted before the last file
+    assert dataset.main(["rewrite", str(src), str(dst), "--no_progress"]) == 0
+    assert (dst / sources[1].name).stat().st_mtime_ns == stamp, "finished episodes are not rewritten"
+    assert episode_digests(load_episode(dst / sources[2].name)) == episode_digests(load_episode(sources[2]))
+
+
+def test_rewrite_names_unreadable_files_and_exits_non_zero(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    save_episode(src / "good.pt", [jpeg() for _ in range(3)], np.zeros((3, 5), np.float32))
+    (src / "bad.pt").write_bytes(b"not an episode")
+    assert dataset.main(["rewrite", str(src), str(tmp_path / "dst"), "--no_progress"]) == 1
+    err = capsys.readouterr().err
+    assert "bad.pt" in err and "1 of 2 episodes" in err
+    assert [p.name for p in (tmp_path / "dst").iterdir()] == ["good.pt"]
+    assert dataset.main(["rewrite", str(src), str(src)]) == 2

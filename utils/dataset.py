@@ -547,14 +547,55 @@ def _info(args: argparse.Namespace) -> int:
     return status
 
 
+def _rewrite(args: argparse.Namespace) -> int:
+    """Every episode of SRC into DST in our format, plain ``.pt`` (JPEGs do not compress). Episodes
+    already in DST are skipped, so an interrupted run resumes; each file is written atomically."""
+    from tqdm import tqdm
+
+    src, dst = Path(args.src), Path(args.dst)
+    try:
+        paths = list_episodes(src)
+    except EpisodeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if dst.resolve() == src.resolve():
+        print(f"error: DST {dst} is SRC; rewrite into another directory", file=sys.stderr)
+        return 2
+    dst.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in tqdm(paths, unit="episode", disable=args.no_progress):
+        target = dst / path.name.removesuffix(".gz")
+        if target.exists():
+            continue
+        try:
+            episode = load_episode(path)
+        except EpisodeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        save_episode(target, episode.frames, episode.cameras)
+    if failed:
+        print(f"error: {failed} of {len(paths)} episodes in {src} could not be read (named above); the rest "
+              f"are in {dst}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m utils.dataset", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="print frames, image size, pose ranges and sha256s per episode")
     info.add_argument("paths", nargs="+", metavar="PATH", help="episode files or directories of them")
     info.add_argument("--json", action="store_true", help="one JSON object per line")
+    info.set_defaults(run=_info)
+    rewrite = commands.add_parser(
+        "rewrite", help="copy a directory of episodes (e.g. the original tools' legacy .pt files) into our "
+                        "format, which the training loader reads about 4x faster")
+    rewrite.add_argument("src", metavar="SRC", help="directory of episodes in any readable format")
+    rewrite.add_argument("dst", metavar="DST", help="output directory (created; existing episodes are kept)")
+    rewrite.add_argument("--no_progress", action="store_true", help="no progress bar")
+    rewrite.set_defaults(run=_rewrite)
     args = parser.parse_args(argv)
-    return _info(args)
+    return args.run(args)
 
 
 if __name__ == "__main__":
