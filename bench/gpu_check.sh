@@ -5,14 +5,15 @@
 #                 channels-last, torch.compile (default and reduce-overhead), against the naive reference
 #                 where ours runs eager; TFLOP/s and the fraction of bf16 peak
 #   loader        the training loader's throughput with 4, 8 and 12 workers, to compare with step throughput
-#   train_cli     the training CLI itself on the GPU with --amp --compile for 40 steps (1x1 and 2x2 hotels)
+#   train_cli     the training CLI itself on the GPU with --amp --compile for 400 steps (1x1 and 2x2 hotels),
+#                 then its median step time and loader wait (bench/step_times.py)
 #
 #   bash bench/gpu_check.sh DATA_DIR [OUT_DIR]          # every part
 #   PARTS="train_cli step_amp_compile" bash bench/gpu_check.sh DATA_DIR [OUT_DIR]
 #
 # DATA_DIR holds maze episodes (e.g. ../shared/mazes/train). Logs go to OUT_DIR (default gpu_check_out/),
-# one file per part (the device machine returns at most 8); summary.txt, printed last, keeps each part's
-# exit status, time and JSON line. Each part has its own time limit so one slow part (torch.compile)
+# one file per kind of part (the device machine returns at most 8); summary.txt, printed last, keeps each
+# part's exit status, time and JSON line. Each part has its own time limit so one slow part (torch.compile)
 # cannot take the others with it.
 set -u
 DATA=${1:?usage: bash bench/gpu_check.sh DATA_DIR [OUT_DIR]}
@@ -23,20 +24,22 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 STEP="$PY bench/bench_step.py --batch_size 36 --layers 12 --img_size 64 --device cuda --steps 10"
 
-part() {  # part NAME SECONDS COMMAND...: run with a limit, append to OUT_DIR/NAME.log, keep its JSON line
+part() {  # part NAME SECONDS COMMAND...: run with a limit, append to OUT_DIR/<NAME up to its first _>.log
     local name=$1 limit=$2; shift 2
+    local log="$OUT_DIR/${name%%_*}.log"  # step_* share step.log: the machine returns at most 8 files
     local start=$SECONDS
-    timeout -k 30 "$limit" "$@" >>"$OUT_DIR/$name.log" 2>&1
+    echo "== $name: $*" >>"$log"
+    timeout -k 30 "$limit" "$@" >>"$log" 2>&1
     local rc=$?
     echo "== $name: rc $rc, $((SECONDS - start)) s" | tee -a "$OUT_DIR/summary.txt"
-    grep '^{' "$OUT_DIR/$name.log" | tail -1 >>"$OUT_DIR/summary.txt"
+    [ $rc -eq 0 ] && grep '^{' "$log" | tail -1 >>"$OUT_DIR/summary.txt"
 }
 
 run_part() {
     case $1 in
     equivalence)
         part equivalence 90 $PY -m pytest -q -p no:cacheprovider tests/test_equivalence.py -rs
-        tail -2 "$OUT_DIR/equivalence.log" >>"$OUT_DIR/summary.txt" ;;
+        tail -1 "$OUT_DIR/equivalence.log" >>"$OUT_DIR/summary.txt" ;;
     step_fp32) part step_fp32 75 $STEP --grid 1 ;;
     step_amp) part step_amp 75 $STEP --grid 1 --amp --profile 25 ;;
     step_amp_cl) part step_amp_cl 60 $STEP --grid 1 --amp --channels_last ;;
@@ -50,10 +53,13 @@ run_part() {
     step_amp_compile_ro) part step_amp_compile_ro 120 $STEP --grid 1 --amp --channels_last --compile reduce-overhead \
         --no-naive ;;
     train_cli)  # checkpoints (~0.7 GB at L 12) go to a scratch folder, not OUT_DIR
-        part train_cli 170 $PY train_scene_rendering.py --train_data_dir "$DATA" --test_data_dir data_samples/test \
-            --layers 12 --batch_size 36 --steps 40 --workers 8 --amp --compile --test_grids 1 2 \
-            --log_interval 1000 --save_interval 1000 --root_log_dir "${TMPDIR:-/tmp}/gpu_check_logs"
-        tail -c 800 "$OUT_DIR/train_cli.log" | tr '\r' '\n' | tail -5 >>"$OUT_DIR/summary.txt" ;;
+        local logs="${TMPDIR:-/tmp}/gpu_check_logs"
+        rm -rf "$logs"
+        part train_cli 200 $PY train_scene_rendering.py --train_data_dir "$DATA" --test_data_dir data_samples/test \
+            --layers 12 --batch_size 36 --steps 400 --workers 12 --amp --compile --test_grids 1 2 \
+            --log_interval 100000 --save_interval 100000 --root_log_dir "$logs"
+        tail -c 800 "$OUT_DIR/train.log" | tr '\r' '\n' | tail -3 >>"$OUT_DIR/summary.txt"
+        part train_times 30 $PY bench/step_times.py "$logs/GEN/runs" --skip 40 --batch_size 36 ;;
     *) echo "unknown part $1" >>"$OUT_DIR/summary.txt" ;;
     esac
 }

@@ -1,5 +1,7 @@
 """The benchmarks the README quotes still run and report what they promise (tiny configurations: the
 numbers themselves are measured on purpose-run machines, not here)."""
+import json
+
 import pytest
 
 from bench import bench_data, bench_loader, bench_step
@@ -40,3 +42,22 @@ def test_bench_data_compares_with_the_decode_everything_path(capsys):
     assert bench_data.main(args) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert '"ratio"' in line
+
+
+def test_step_times_reads_medians_after_the_skipped_steps(tmp_path, capsys):
+    from bench import step_times
+    from utils.summaries import open_writer
+    writer = open_writer(tmp_path)
+    for step in range(1, 8):  # steps 1-2 are slow (compilation), then 0.1 s with 0.02 s of loader wait
+        writer.add_scalar("time_per_step", 30.0 if step <= 2 else 0.1 + step / 1000, step)
+        writer.add_scalar("time_data_wait", 0.02, step)
+    writer.close()
+    step_times.main([str(tmp_path), "--skip", "2", "--batch_size", "36"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["steps"] == 5
+    assert result["time_per_step_median"] == pytest.approx(0.105)
+    assert result["time_per_step_min"] == pytest.approx(0.103)
+    assert result["time_data_wait_median"] == pytest.approx(0.02)
+    assert result["samples_per_s"] == pytest.approx(36 / 0.105, rel=1e-3)
+    with pytest.raises(SystemExit, match="no steps after"):
+        step_times.main([str(tmp_path), "--skip", "10"])
