@@ -11,11 +11,12 @@ import torch
 import evaluate
 from models.scene import ModelConfig, SceneModel
 from utils.checkpoint import save_checkpoint
-from tests.conftest import SHARED, requires_shared
+from tests.conftest import REPO_ROOT, SHARED, requires_shared
 from utils.hotel import HotelBatch, build_hotels, maze_cells
 
 REPO = Path(__file__).resolve().parents[1]
 MAZES = SHARED / "mazes" / "train"
+SAMPLES = REPO_ROOT / "data_samples" / "test"
 
 
 def tiny_checkpoint(path: Path, baseline: bool, seed: int = 0) -> Path:
@@ -163,7 +164,7 @@ def run_cli(capsys, *argv):
 
 def test_missing_or_bad_checkpoints_and_data_give_one_line_errors(checkpoints, tmp_path, capsys):
     gen, _ = checkpoints
-    data = str(MAZES) if MAZES.is_dir() else str(tmp_path)
+    data = str(SAMPLES)  # in every clone: the errors below must not depend on ../shared
     code, err = run_cli(capsys, "--saved_model", str(tmp_path / "nope.pt"), "--test_data_dir", data)
     assert code == 2 and "nope.pt does not exist" in err and "\n" not in err
     junk = tmp_path / "junk.pt"
