@@ -7,6 +7,7 @@
 #   loader        the training loader's throughput with 4, 8 and 12 workers, to compare with step throughput
 #   train_cli     the training CLI itself on the GPU with --amp --compile for 400 steps (1x1 and 2x2 hotels),
 #                 then its median step time and loader wait (bench/step_times.py)
+#   train_cli_rewritten  the same on DATA_DIR rewritten into our format (python -m utils.dataset rewrite)
 #
 #   bash bench/gpu_check.sh DATA_DIR [OUT_DIR]          # every part
 #   PARTS="train_cli step_amp_compile" bash bench/gpu_check.sh DATA_DIR [OUT_DIR]
@@ -18,7 +19,7 @@
 set -u
 DATA=${1:?usage: bash bench/gpu_check.sh DATA_DIR [OUT_DIR]}
 OUT_DIR=${2:-gpu_check_out}
-PARTS=${PARTS:-"equivalence step_fp32 step_amp step_amp_cl step_amp_2x2 loader step_amp_compile step_amp_compile_ro train_cli"}
+PARTS=${PARTS:-"equivalence step_fp32 step_amp step_amp_cl step_amp_2x2 loader step_amp_compile step_amp_compile_ro train_cli train_cli_rewritten"}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -33,6 +34,16 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, append to OUT_DIR/<N
     local rc=$?
     echo "== $name: rc $rc, $((SECONDS - start)) s" | tee -a "$OUT_DIR/summary.txt"
     [ $rc -eq 0 ] && grep '^{' "$log" | tail -1 >>"$OUT_DIR/summary.txt"
+}
+
+train_cli() {  # train_cli DATA: 400 steps of the CLI, then its median step time and loader wait
+    local logs="${TMPDIR:-/tmp}/gpu_check_logs"  # checkpoints (~0.7 GB at L 12) stay out of OUT_DIR
+    rm -rf "$logs"
+    part train_cli 200 $PY train_scene_rendering.py --train_data_dir "$1" --test_data_dir data_samples/test \
+        --layers 12 --batch_size 36 --steps 400 --workers 12 --amp --compile --test_grids 1 2 \
+        --log_interval 100000 --save_interval 100000 --root_log_dir "$logs"
+    tail -c 800 "$OUT_DIR/train.log" | tr '\r' '\n' | tail -3 >>"$OUT_DIR/summary.txt"
+    part train_times 30 $PY bench/step_times.py "$logs/GEN/runs" --skip 40 --batch_size 36
 }
 
 run_part() {
@@ -52,14 +63,11 @@ run_part() {
     step_amp_compile) part step_amp_compile 120 $STEP --grid 1 --amp --channels_last --compile --no-naive --profile 25 ;;
     step_amp_compile_ro) part step_amp_compile_ro 120 $STEP --grid 1 --amp --channels_last --compile reduce-overhead \
         --no-naive ;;
-    train_cli)  # checkpoints (~0.7 GB at L 12) go to a scratch folder, not OUT_DIR
-        local logs="${TMPDIR:-/tmp}/gpu_check_logs"
-        rm -rf "$logs"
-        part train_cli 200 $PY train_scene_rendering.py --train_data_dir "$DATA" --test_data_dir data_samples/test \
-            --layers 12 --batch_size 36 --steps 400 --workers 12 --amp --compile --test_grids 1 2 \
-            --log_interval 100000 --save_interval 100000 --root_log_dir "$logs"
-        tail -c 800 "$OUT_DIR/train.log" | tr '\r' '\n' | tail -3 >>"$OUT_DIR/summary.txt"
-        part train_times 30 $PY bench/step_times.py "$logs/GEN/runs" --skip 40 --batch_size 36 ;;
+    train_cli) train_cli "$DATA" ;;
+    train_cli_rewritten)  # the same episodes in our format (cheaper to load): is the loader the bottleneck?
+        local ours="${TMPDIR:-/tmp}/gpu_check_rewritten"
+        part rewrite 120 $PY -m utils.dataset rewrite "$DATA" "$ours" --no_progress
+        train_cli "$ours" ;;
     *) echo "unknown part $1" >>"$OUT_DIR/summary.txt" ;;
     esac
 }
