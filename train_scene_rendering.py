@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from models.scene import IMAGE_SIZES, ModelConfig, SceneModel, unwrap
+from models.scene import IMAGE_SIZES, ModelConfig, SceneModel
 from utils import distributed, schedules, summaries
 from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from utils.checkpoint_dir import CheckpointDir
