@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -50,14 +49,15 @@ def main(args) -> dict:
     except EpisodeError as error:
         raise SystemExit(f"error: {error} (pass --data_dir DIR with *.pt / *.pt.gz episodes)")
     warmup = args.warmup if args.warmup is not None else max(2, 2 * args.workers)
+    if warmup < 1:
+        raise SystemExit("error: --warmup must be >= 1 (the clock starts when the last warm-up batch arrives)")
     loader = step_loader(steps, range(warmup + args.steps), args.workers, pin_memory=args.pin_memory)
     samples = 0
-    start = None
     for i, batch in enumerate(loader):
-        if i == warmup:
-            start = time.perf_counter()
-        if i >= warmup:
+        if i >= warmup:  # each timed batch arrived after the clock started
             samples += batch.query_frames.shape[0] * batch.query_frames.shape[1]
+        elif i == warmup - 1:
+            start = time.perf_counter()
     seconds = time.perf_counter() - start
     result = {
         "samples_per_s": round(samples / seconds, 1),

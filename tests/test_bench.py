@@ -61,3 +61,28 @@ def test_step_times_reads_medians_after_the_skipped_steps(tmp_path, capsys):
     assert result["samples_per_s"] == pytest.approx(36 / 0.105, rel=1e-3)
     with pytest.raises(SystemExit, match="no steps after"):
         step_times.main([str(tmp_path), "--skip", "10"])
+
+
+def test_bench_loader_times_every_batch_it_counts(monkeypatch):
+    """Batches that each take 50 ms come out at 20 per second, not faster (the clock starts when the last
+    warm-up batch has arrived, so no counted batch was made before it)."""
+    import time
+    from types import SimpleNamespace
+
+    import torch
+
+    class SlowSteps:
+        paths = ["one.pt"]
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __getitem__(self, step):
+            time.sleep(0.05)
+            return SimpleNamespace(query_frames=torch.zeros(2, 2, 3, 4, 4))
+
+    monkeypatch.setattr(bench_loader, "HotelSteps", SlowSteps)
+    monkeypatch.setattr(bench_loader, "step_loader",
+                        lambda steps, indices, workers, pin_memory: (steps[i] for i in indices))
+    result = bench_loader.main(bench_loader.parse_args(["--workers", "0", "--steps", "4", "--warmup", "1"]))
+    assert 15 < result["batches_per_s"] <= 20.5
