@@ -232,7 +232,8 @@ def free_port() -> int:
 def test_torchrun_two_cpu_processes_stay_in_sync_only_rank_0_writes_and_one_process_resumes(scratch):
     dumps = scratch / "dumps"
     dumps.mkdir()
-    argv = tiny(scratch, "--batch_size", 4, "--log_interval", 2, steps=2)
+    # --compile: DistributedDataParallel under torch.compile, the recommended multi-GPU setup.
+    argv = tiny(scratch, "--batch_size", 4, "--log_interval", 2, "--compile", steps=2)
     env = {**subprocess_env(), train.DUMP_ENV: str(dumps)}
     run = subprocess.run([python(), "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), SCRIPT, *argv],
