@@ -484,3 +484,28 @@ def test_rewrite_names_unreadable_files_and_exits_non_zero(tmp_path, capsys):
     assert "bad.pt" in err and "1 of 2 episodes" in err
     assert [p.name for p in (tmp_path / "dst").iterdir()] == ["good.pt"]
     assert dataset.main(["rewrite", str(src), str(src)]) == 2
+
+
+# ---- pickle opcodes refused before unpickling ------------------------------------------------------------
+
+LEGACY_HEAD = b"".join(pickle.dumps(obj, protocol=2) for obj in (dataset._LEGACY_MAGIC, 1001, {}))
+
+
+@pytest.mark.parametrize("scene_pickle, reason", [
+    # EMPTY_LIST, LONG_BINPUT 2**31 - 1: CPython's unpickler would grow its memo to 2**32 entries (32 GB)
+    (b"\x80\x02]r\xff\xff\xff\x7f.", "memo index 2147483647 out of range"),
+    (b"\x80\x02]q\x05.", "memo index 5 out of range"),  # BINPUT past the opcodes before it
+    (b"\x80\x05\x96\x01\x00\x00\x00\x00\x00\x00\x00a\x98.", "BYTEARRAY8"),  # protocol 5 buffers
+], ids=["huge-memo-index", "memo-index-ahead", "buffer"])
+def test_damaged_pickle_opcodes_are_refused_before_they_run(tmp_path, scene_pickle, reason):
+    path = tmp_path / "damaged.pt"
+    path.write_bytes(LEGACY_HEAD + scene_pickle)
+    with pytest.raises(EpisodeError, match=f"^{path}: corrupt episode file .*{reason}"):
+        load_episode(path)
+
+
+def test_memo_indices_in_order_are_accepted(tmp_path):
+    path = tmp_path / "list.pt"
+    path.write_bytes(LEGACY_HEAD + pickle.dumps([b"x"], protocol=2))  # memoises 0, 1, ...: passes the scan
+    with pytest.raises(EpisodeError, match="holds a list, not a Scene"):
+        load_episode(path)

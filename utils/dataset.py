@@ -33,6 +33,7 @@ import math
 import operator
 import os
 import pickle
+import pickletools
 import re
 import secrets
 import sys
@@ -292,10 +293,36 @@ def _read_legacy_fast(raw: bytes):
     return payloads[:-1], np.frombuffer(payloads[-1], dtype="<f4").reshape(1, n, 5).copy()
 
 
+# Opcodes the restricted unpickler must never act on. A memo index is bounded by the number of opcodes
+# before it (picklers number memo entries 0, 1, 2, ...), but CPython's unpickler grows its memo to twice
+# any index it is given: one damaged byte in a BINPUT can ask for tens of GB and minutes of zero-filling.
+# Protocol 5's out-of-band buffers appear in no episode.
+_MEMO_OPCODES = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"})
+_BUFFER_OPCODES = frozenset({"BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER"})
+
+
+def _check_opcodes(raw: bytes, path: str, pickles: int) -> None:
+    """Scan the first ``pickles`` pickles of ``raw`` without running them; raise EpisodeError on an
+    out-of-range memo index or a buffer opcode. Malformed streams pass: the unpickler reports them."""
+    stream = io.BytesIO(raw)
+    try:
+        for _ in range(pickles):
+            for count, (opcode, arg, _) in enumerate(pickletools.genops(stream)):
+                if opcode.name in _BUFFER_OPCODES:
+                    raise EpisodeError(f"{path}: corrupt episode file (pickle opcode {opcode.name})")
+                if opcode.name in _MEMO_OPCODES and not 0 <= arg <= count:
+                    raise EpisodeError(f"{path}: corrupt episode file (pickle memo index {arg} out of range)")
+    except EpisodeError:
+        raise
+    except Exception:  # not a well-formed pickle stream
+        return
+
+
 def _read_legacy(raw: bytes, path: str):
     fast = _read_legacy_fast(raw)
     if fast is not None:
         return fast
+    _check_opcodes(raw, path, pickles=4)
     stream = io.BytesIO(raw)
     magic = _EpisodeUnpickler(stream, path).load()
     if magic != _LEGACY_MAGIC:
