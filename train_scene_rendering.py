@@ -432,7 +432,11 @@ class Trainer:
             for k in args.test_grids:
                 steps = HotelSteps(args.test_data_dir, args.img_size, max(args.batch_size, k * k), [k],
                                    args.context_views, args.seed, raw_poses=args.raw_poses)
-                self.test_batches[k] = steps[0]
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="skipping damaged episode")  # named below
+                    self.test_batches[k] = steps[0]
+                for path in self.test_batches[k].bad_files:
+                    note(f"warning: skipped damaged test episode {path}")
         sigma = self.sigma(step)
         self.model.eval()
         try:
