@@ -48,6 +48,11 @@ def main(args) -> dict:
         steps = HotelSteps(args.data_dir, args.img_size, args.batch_size, args.grids, args.context_views, seed=0)
     except EpisodeError as error:
         raise SystemExit(f"error: {error} (pass --data_dir DIR with *.pt / *.pt.gz episodes)")
+    too_big = [k for k in args.grids if not 1 <= k * k <= min(args.batch_size, len(steps.paths))]
+    if too_big:
+        k = too_big[0]
+        raise SystemExit(f"error: a {k}x{k} hotel needs {k * k} distinct mazes: more than --batch_size "
+                         f"{args.batch_size} or the {len(steps.paths)} episodes in {args.data_dir}")
     warmup = args.warmup if args.warmup is not None else max(2, 2 * args.workers)
     if warmup < 1:
         raise SystemExit("error: --warmup must be >= 1 (the clock starts when the last warm-up batch arrives)")

@@ -31,9 +31,12 @@ def test_bench_loader_counts_the_mazes_it_delivered(workers):
     assert result["workers"] == workers and result["config"]["episodes"] == 16
 
 
-def test_bench_loader_rejects_a_folder_without_episodes(tmp_path):
+def test_bench_loader_rejects_a_folder_without_episodes_and_oversized_hotels(tmp_path):
     with pytest.raises(SystemExit, match="holds no episode files"):
         bench_loader.main(bench_loader.parse_args(["--data_dir", str(tmp_path)]))
+    with pytest.raises(SystemExit, match="a 3x3 hotel needs 9 distinct mazes"):
+        bench_loader.main(bench_loader.parse_args(["--data_dir", str(SAMPLES), "--batch_size", "4",
+                                                   "--grids", "1", "3"]))
 
 
 def test_bench_data_compares_with_the_decode_everything_path(capsys):
