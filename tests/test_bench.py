@@ -87,5 +87,6 @@ def test_bench_loader_times_every_batch_it_counts(monkeypatch):
     monkeypatch.setattr(bench_loader, "HotelSteps", SlowSteps)
     monkeypatch.setattr(bench_loader, "step_loader",
                         lambda steps, indices, workers, pin_memory: (steps[i] for i in indices))
-    result = bench_loader.main(bench_loader.parse_args(["--workers", "0", "--steps", "4", "--warmup", "1"]))
+    result = bench_loader.main(bench_loader.parse_args(["--workers", "0", "--steps", "4", "--warmup", "1",
+                                                        "--grids", "1"]))
     assert 15 < result["batches_per_s"] <= 20.5
