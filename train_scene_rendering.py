@@ -402,10 +402,13 @@ class Trainer:
                 note(f"warning: skipped damaged episode {path}")
         stats = torch.stack([loss.detach(), losses.kl.detach().float().mean(), grad_norm.detach().to(loss.device)]).float()
         flags = [len(self.bad_files), float(stop.requested)]
-        if runtime.distributed:  # every rank must agree on the step's outcome: sum the flags too
-            stats = distributed.reduce_sum(torch.cat([stats, stats.new_tensor(flags)]), runtime)
+        if runtime.distributed:
+            # Every rank must agree on the step's outcome: sum the flags too. Rank 0's own loss rides along
+            # (the others add 0) for train/loss_{k}x{k}, which is logged for rank 0's grid.
+            own = stats[:1] * float(runtime.is_main)
+            stats = distributed.reduce_sum(torch.cat([stats, stats.new_tensor(flags), own]), runtime)
         loss_v, kl_v, norm_v, *reduced = stats.tolist()  # the step's one host sync
-        bad, stop = reduced or flags
+        bad, stop, own_loss = reduced or (*flags, loss_v)
         world = runtime.world
         finite = math.isfinite(loss_v) and math.isfinite(norm_v)  # identical on every rank: reduced values
         if finite:
@@ -415,7 +418,7 @@ class Trainer:
             self.skipped_steps += 1
             self.bad_run += 1
         return {"loss": loss_v / world, "kl": kl_v / world, "grad_norm": norm_v / world, "lr": lr, "sigma": sigma,
-                "grid": batch.grid, "local_loss": loss.item() if world > 1 else loss_v, "finite": finite,
+                "grid": batch.grid, "local_loss": own_loss, "finite": finite,
                 "bad_files": int(bad), "stop": stop > 0}
 
     # --- evaluation

@@ -250,6 +250,10 @@ def test_torchrun_two_cpu_processes_stay_in_sync_only_rank_0_writes_and_one_proc
     assert sorted(p.name for p in (run_dir / "models").iterdir()) == ["checkpoint-final.pt"]
     assert load(run_dir / "models" / "checkpoint-final.pt")["args"]["batch_size"] == 4
     assert run.stderr.count("done: step 2") == 1
+    scalars, _ = read_events(run_dir / "runs")
+    mean, own = dict(scalars["train/loss"]), dict(scalars["train/loss_1x1"])  # ranks' mean; rank 0's own
+    assert sorted(own) == [1, 2]
+    assert all(0 < own[step] < 2 * mean[step] and own[step] != mean[step] for step in own)
     # The 2-process checkpoint resumes in one process: nothing in it is per rank.
     assert train.main(tiny(scratch, "--batch_size", 4, "--saved_model", "auto", steps=3)) == 0
     resumed = load(run_dir / "models" / "checkpoint-final.pt")
