@@ -254,3 +254,26 @@ def test_varint_beyond_64_bits_is_truncated_like_protobuf():
     for int64_list in (field(1, too_big), b"\x08" + too_big):  # packed, and one value per field
         features = parse_example(field(1, field(1, field(1, b"k") + field(2, field(3, int64_list)))))
         assert features["k"].dtype == np.int64 and features["k"].tolist() == [-1]
+
+
+# ---- the fast path's text check ---------------------------------------------------------------------
+def unpickling_accepts(payload: bytes) -> bool:
+    """What the restricted unpickler does with a BINUNICODE payload fed to _codecs.encode(str, latin1)."""
+    try:
+        str(payload, "utf-8").encode("latin-1")
+        return True
+    except UnicodeError:
+        return False
+
+
+INTERESTING = st.sampled_from([0x00, 0x41, 0x7F, 0x80, 0xBF, 0xC0, 0xC1, 0xC2, 0xC3, 0xC4, 0xDF, 0xE0, 0xEF,
+                               0xF0, 0xF4, 0xFF])
+PAYLOAD = st.one_of(st.binary(max_size=40), st.lists(INTERESTING, max_size=40).map(bytes),
+                    st.text(st.characters(max_codepoint=0x17F), max_size=20).map(lambda t: t.encode("utf-8")))
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(payloads=st.lists(PAYLOAD, max_size=6), chunk=st.integers(1, 64))
+def test_latin1_text_check_is_exactly_what_unpickling_accepts(payloads, chunk):
+    expected = all(unpickling_accepts(p) for p in payloads)
+    assert dataset._latin1_text(payloads, chunk=chunk) == expected

@@ -13,7 +13,8 @@ Formats read by :func:`load_episode` (all of them also gzip-compressed, detected
   arrays (rebuilt from checked shape/dtype/data, never by numpy's own unpickling), latin-1 bytes and
   plain containers; any other global is refused, so no code from a file ever runs. Files laid out
   byte for byte as the original tools wrote them are read by a faster, equivalent path that checks that
-  exact layout (:func:`_read_legacy_fast`); anything else goes to the restricted unpickler.
+  exact layout (:func:`_read_legacy_fast`) and converts each frame only when it is used; anything else
+  goes to the restricted unpickler.
 * ours (written by :func:`save_episode`): ``torch.save`` (zip) of a plain dict ``{"frames": uint8 tensor
   of all JPEG bytes concatenated, "frame_offsets": int64 (N + 1,), "cameras": float32 (N, 5)}``, read
   with ``torch.load(weights_only=True)``.
@@ -39,9 +40,9 @@ import secrets
 import sys
 import zlib
 from collections import namedtuple
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ class EpisodeError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class Episode:
-    frames: list[bytes]  # N JPEG byte strings, in order
+    frames: Sequence[bytes]  # N JPEG byte strings, in order (a list, or a legacy file's lazy sequence)
     cameras: np.ndarray  # (N, 5) float32: x, y, z, yaw, pitch
     path: str = field(default="")  # where it was read from ("" if built in memory); used in errors
 
@@ -220,11 +221,67 @@ def _array_value(obj, path: str, what: str):
 # byte, one fixed skeleton around N + 1 BINUNICODE payloads (4-byte length, UTF-8): the N JPEGs, then the
 # camera floats, each stored as _codecs.encode(str, "latin1"). _read_legacy_fast checks that skeleton
 # exactly - every opcode and memo index, so what the file means is known without running the pickle
-# machine - and converts the payloads as unpickling would (UTF-8 -> str -> latin-1). Anything else (other
-# writers, crafted or damaged files, code points >= 256) gives None and the restricted unpickler decides,
-# so refusals and errors are unchanged. The conversion itself still dominates a load: CPython's UTF-8
-# decoder beat every vectorised numpy variant tried on this data (big temporaries page-fault, small
-# chunks pay per-call overhead), so what the fast path saves is the pickle machine's per-opcode work.
+# machine - and checks that every payload is what unpickling would accept: UTF-8 text of code points
+# below 256 (_latin1_text). Anything else (other writers, crafted or damaged files, code points >= 256)
+# gives None and the restricted unpickler decides, so refusals and errors are unchanged. The frames are
+# then converted (UTF-8 -> latin-1 bytes, as unpickling would) one at a time when used (_LegacyFrames):
+# the conversion is most of a load's cost, and a sample uses 9 of 300 frames.
+#
+# _latin1_text's check, exact and in a few passes of C-speed bytes.translate: such text is ASCII bytes
+# and pairs (lead C2/C3, continuation 80-BF). Map every byte to 1 if it is a lead, 2 if it can start no
+# such pair (C0-C1, C4-FF), else 0; and every byte to 1 if the byte after it is a continuation, else 0.
+# The two maps are equal exactly when every lead is followed by a continuation, every continuation is
+# preceded by a lead, and no other high byte occurs. Payloads are joined with ASCII in between and
+# around, so no pair can span two payloads or the ends.
+_LEAD_CLASS = bytes(1 if b in (0xC2, 0xC3) else 2 if b >= 0xC0 else 0 for b in range(256))
+_CONT_CLASS = bytes(1 if 0x80 <= b < 0xC0 else 0 for b in range(256))
+_UTF8_SOI = "\xff\xd8".encode("utf-8")  # a JPEG's first two bytes as the pickle's text holds them
+
+
+def _latin1_text(payloads, chunk: int = 1 << 16) -> bool:
+    """True if every payload is UTF-8 text whose code points are all below 256. Checked in joins of
+    about ``chunk`` bytes: a few large temporaries cost more in page faults than the checking itself."""
+    start = 0
+    while start < len(payloads):
+        stop, size = start, 0
+        while stop < len(payloads) and size < chunk:
+            size += len(payloads[stop])
+            stop += 1
+        joined = b"a".join([b"", *payloads[start:stop], b""])
+        if joined.translate(_LEAD_CLASS)[:-1] != joined.translate(_CONT_CLASS)[1:]:
+            return False
+        start = stop
+    return True
+
+
+class _LegacyFrames(Sequence):
+    """The JPEG frames of a legacy file that passed the fast path's checks: each is kept as the pickle's
+    UTF-8 text and converted to bytes when it is used. Behaves as the list of bytes unpickling makes."""
+
+    __slots__ = ("_raw", "_spans")
+    __hash__ = None
+
+    def __init__(self, raw: bytes, spans: list[tuple[int, int]]):
+        self._raw, self._spans = raw, spans
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        start, end = self._spans[index]
+        return str(memoryview(self._raw)[start:end], "utf-8").encode("latin-1")
+
+    def __eq__(self, other):
+        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
+
+    def first_non_jpeg(self):
+        """Index of the first frame that does not start with a JPEG's FFD8 marker, or None."""
+        return next((i for i, (start, _) in enumerate(self._spans) if not self._raw.startswith(_UTF8_SOI, start)),
+                    None)
+
+
 def _put(i: int) -> bytes:  # BINPUT / LONG_BINPUT i: the pickler memoises every object as 0, 1, 2, ...
     return b"q" + bytes([i]) if i < 256 else b"r" + i.to_bytes(4, "little")
 
@@ -275,22 +332,23 @@ def _read_legacy_fast(raw: bytes):
     n = int.from_bytes(raw[at + 1:at + (2 if raw[at:at + 1] == b"K" else 3)], "little")
     if not 2 <= n <= 1000:  # the pickler lays out 0 or 1 items, or more than 1000, differently
         return None
-    skeleton, view, payloads, pos = _legacy_skeleton(n), memoryview(raw), [], 0
-    try:
-        for part in skeleton[:-1]:
-            if not raw.startswith(part, pos):
-                return None
-            pos += len(part) + 4
-            end = pos + int.from_bytes(raw[pos - 4:pos], "little")
-            if end > len(raw):
-                return None
-            payloads.append(str(view[pos:end], "utf-8").encode("latin-1"))
-            pos = end
-    except UnicodeError:  # not UTF-8, or a code point >= 256: let the unpickler report it
+    skeleton, spans, pos = _legacy_skeleton(n), [], 0
+    for part in skeleton[:-1]:
+        if not raw.startswith(part, pos):
+            return None
+        pos += len(part) + 4
+        end = pos + int.from_bytes(raw[pos - 4:pos], "little")
+        if end > len(raw):
+            return None
+        spans.append((pos, end))
+        pos = end
+    view = memoryview(raw)
+    if not raw.startswith(skeleton[-1], pos) or not _latin1_text([view[a:b] for a, b in spans]):
+        return None  # not the original layout, or text unpickling would refuse: let the unpickler report it
+    cameras = str(view[slice(*spans[-1])], "utf-8").encode("latin-1")
+    if len(cameras) != n * 5 * 4:
         return None
-    if not raw.startswith(skeleton[-1], pos) or len(payloads[-1]) != n * 5 * 4:
-        return None
-    return payloads[:-1], np.frombuffer(payloads[-1], dtype="<f4").reshape(1, n, 5).copy()
+    return _LegacyFrames(raw, spans[:-1]), np.frombuffer(cameras, dtype="<f4").reshape(1, n, 5).copy()
 
 
 # Opcodes the restricted unpickler must never act on. A memo index is bounded by the number of opcodes
@@ -355,11 +413,14 @@ def _read_ours(raw: bytes, path: str):
 
 def _validated(frames, cameras, path: str) -> Episode:
     """Check an episode's content and return it in canonical form: list of bytes + (N, 5) float32."""
-    if not isinstance(frames, (list, tuple)) or not frames:
+    if not isinstance(frames, (list, tuple, _LegacyFrames)) or not frames:
         raise EpisodeError(f"{path}: episode has no frames")
-    if not all(isinstance(f, bytes) for f in frames):
+    if isinstance(frames, _LegacyFrames):  # bytes by construction; checked without converting them
+        bad = frames.first_non_jpeg()
+    elif not all(isinstance(f, bytes) for f in frames):
         raise EpisodeError(f"{path}: frames must be JPEG byte strings")
-    bad = next((i for i, f in enumerate(frames) if not f.startswith(_JPEG_SOI)), None)
+    else:
+        bad = next((i for i, f in enumerate(frames) if not f.startswith(_JPEG_SOI)), None)
     if bad is not None:
         raise EpisodeError(f"{path}: frame {bad} is not a JPEG (no FFD8 start-of-image marker)")
     if not isinstance(cameras, np.ndarray) or cameras.dtype.kind not in "fiu":
@@ -372,7 +433,7 @@ def _validated(frames, cameras, path: str) -> Episode:
     cameras = np.ascontiguousarray(cameras, dtype=np.float32)
     if not np.isfinite(cameras).all():
         raise EpisodeError(f"{path}: cameras hold non-finite values")
-    return Episode(frames=list(frames), cameras=cameras, path=path)
+    return Episode(frames=frames if isinstance(frames, _LegacyFrames) else list(frames), cameras=cameras, path=path)
 
 
 def load_episode(path: str | os.PathLike) -> Episode:
@@ -616,7 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info.set_defaults(run=_info)
     rewrite = commands.add_parser(
         "rewrite", help="copy a directory of episodes (e.g. the original tools' legacy .pt files) into our "
-                        "format, which the training loader reads about 4x faster")
+                        "format, which the training loader reads about 2x faster")
     rewrite.add_argument("src", metavar="SRC", help="directory of episodes in any readable format")
     rewrite.add_argument("dst", metavar="DST", help="output directory (created; existing episodes are kept)")
     rewrite.add_argument("--no_progress", action="store_true", help="no progress bar")
