@@ -255,6 +255,9 @@ def _worker_init(_):
 class Trainer:
     def __init__(self, args, runtime: distributed.Runtime):
         self.args, self.runtime = args, runtime
+        if args.compile and len(runtime.device_ids) > 1:
+            raise TrainingError("--compile does not work with DataParallel (several --device_ids); use one GPU or "
+                                "torchrun --nproc_per_node N")
         self.run_dir = Path(args.root_log_dir) / args.log_dir
         batch_size = check_batch(args, runtime)
         self.n_episodes = count_episodes(args.train_data_dir, args.train_grids, "--train_data_dir")
@@ -279,9 +282,6 @@ class Trainer:
         self.bad_files = set()
         self.resume()
         self.wrapped = distributed.wrap(self.model, runtime)
-        if args.compile and isinstance(self.wrapped, torch.nn.DataParallel):
-            raise TrainingError("--compile does not work with DataParallel (several --device_ids); use one GPU or "
-                                "torchrun --nproc_per_node N")
         # The model the training step runs; evaluation and image summaries use the eager fp32 model.
         # dynamic=False: one static graph per hotel size k (each has its own shapes), compiled once.
         self.step_model = torch.compile(self.wrapped, dynamic=False) if args.compile else self.wrapped

@@ -195,6 +195,12 @@ def test_batches_must_split_over_gpus_and_processes():
         train.check_batch(train.parse_args(["--batch_size", "6"]), two_ranks)
 
 
+def test_compile_with_data_parallel_is_refused_before_any_work():
+    two_gpus = distributed.Runtime(torch.device("cpu"), device_ids=(0, 1))
+    with pytest.raises(train.TrainingError, match="--compile does not work with DataParallel.*torchrun"):
+        train.Trainer(train.parse_args(["--compile", "--train_data_dir", "/nonexistent"]), two_gpus)
+
+
 @requires_shared
 def test_errors_from_the_command_line_have_no_traceback(scratch):
     """The real process: non-zero exit status, one line on stderr (argparse's own errors go the same way)."""
