@@ -346,6 +346,21 @@ def test_undecodable_jpeg_names_file_and_view(tmp_path):
 
 
 # ---- our format ------------------------------------------------------------------------------------------
+def test_a_save_that_fails_midway_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    frames, cameras = tiny_episode(5)
+    path = tmp_path / "ep.pt"
+    save_episode(path, frames, cameras)
+    before = path.read_bytes()
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dataset.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_episode(path, frames[:3], cameras[:3])
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["ep.pt"]
+
+
 @pytest.mark.parametrize("name", ["ep.pt", "ep.pt.gz"])
 def test_save_load_round_trip(tmp_path, name):
     frames, cameras = tiny_episode(5)
