@@ -435,9 +435,7 @@ class Trainer:
             for k in args.test_grids:
                 steps = HotelSteps(args.test_data_dir, args.img_size, max(args.batch_size, k * k), [k],
                                    args.context_views, args.seed, raw_poses=args.raw_poses)
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="skipping damaged episode")  # named below
-                    self.test_batches[k] = steps[0]
+                self.test_batches[k] = steps[0]
                 for path in self.test_batches[k].bad_files:
                     note(f"warning: skipped damaged test episode {path}")
         sigma = self.sigma(step)
@@ -479,16 +477,17 @@ class Trainer:
         if main:
             note(f"training {'GQN baseline' if args.baseline else 'GEN'} on {runtime.describe()}, steps "
                  f"{self.step}..{args.steps}, logs in {self.run_dir}")
-        if main and self.step == 0:
-            self.evaluate(writer, train_batch=None)  # the untrained model: where the test curves start
-        bar = tqdm(total=args.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="skipping damaged episode")  # counted and named below
+        with warnings.catch_warnings():
+            # Damaged episodes, training and test, are counted and named in one line each (train_step, evaluate).
+            warnings.filterwarnings("ignore", message="skipping damaged episode")
+            if main and self.step == 0:
+                self.evaluate(writer, train_batch=None)  # the untrained model: where the test curves start
+            bar = tqdm(total=args.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True)
+            try:
                 stopped = self.loop(loader, writer, bar, stop)
-        finally:
-            bar.close()
-            writer.flush()
+            finally:
+                bar.close()
+                writer.flush()
         if stopped:
             path = self.save() if self.saved_step != self.step else self.checkpoints.path(self.step)
             if main:

@@ -412,7 +412,8 @@ def _read_ours(raw: bytes, path: str):
 
 
 def _validated(frames, cameras, path: str) -> Episode:
-    """Check an episode's content and return it in canonical form: list of bytes + (N, 5) float32."""
+    """Check an episode's content and return it in canonical form: a list of bytes (or a legacy file's
+    lazy _LegacyFrames, checked without converting its frames) + (N, 5) float32."""
     if not isinstance(frames, (list, tuple, _LegacyFrames)) or not frames:
         raise EpisodeError(f"{path}: episode has no frames")
     if isinstance(frames, _LegacyFrames):  # bytes by construction; checked without converting them
