@@ -52,10 +52,15 @@ def sample_reference(path, views, img_size):
     return frames[views], pose_vectors(episode.cameras[views])
 
 
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    """The data benchmarks' --data_dir: the shared real episodes unless told otherwise."""
+    parser.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help="directory of episode files (default: ../shared/mazes/train next to the repo)")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR,
-                   help="directory of episode files (default: ../shared/mazes/train next to the repo)")
+    add_data_dir(p)
     p.add_argument("--rounds", type=int, default=20, help="rounds of (--per_round ours + 1 reference) samples")
     p.add_argument("--per_round", type=int, default=10, help="samples of ours per reference sample")
     p.add_argument("--context", type=int, default=8, help="context views per sample (plus 1 query view)")

@@ -17,19 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.bench_data import DEFAULT_DATA_DIR  # noqa: E402
+from bench.bench_data import add_data_dir  # noqa: E402
 from utils.dataset import EpisodeError  # noqa: E402
 from utils.hotel import HotelSteps, step_loader  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR,
-                   help="directory of episode files (default: ../shared/mazes/train next to the repo)")
+    add_data_dir(p)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes, as in training")
     p.add_argument("--batch_size", type=int, default=36, help="mazes per step, as in training")
     p.add_argument("--img_size", type=int, default=64)
