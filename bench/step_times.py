@@ -4,10 +4,12 @@
 
 Prints one JSON line: the median and fastest ``time_per_step`` after the first ``--skip`` steps (which
 hold torch.compile's compilation and the workers' start), the median ``time_data_wait`` (the part of a
-step spent waiting for the loader), and samples/s at the run's batch size if given.
+step spent waiting for the loader), and samples/s at the run's batch size if given; then the same per
+hotel size k under ``by_grid`` (each k is its own compiled graph and its own kind of batch).
 """
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -15,6 +17,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.summaries import read_events  # noqa: E402
+
+
+def summary(steps, waits: dict, batch_size=None) -> dict:
+    """Medians of ``steps`` ([(step, seconds)]) and of their loader waits."""
+    median = statistics.median(seconds for _, seconds in steps)
+    result = {"steps": len(steps), "time_per_step_median": round(median, 5),
+              "time_per_step_min": round(min(seconds for _, seconds in steps), 5)}
+    known = [waits[step] for step, _ in steps if step in waits]
+    if known:
+        result["time_data_wait_median"] = round(statistics.median(known), 5)
+    if batch_size:
+        result["samples_per_s"] = round(batch_size / median, 1)
+    return result
+
+
+def step_grids(scalars: dict) -> dict:
+    """step -> hotel size k, from the per-size training losses (logged for every finite step)."""
+    grids = {}
+    for tag, points in scalars.items():
+        match = re.fullmatch(r"train/loss_(\d+)x\1", tag)
+        if match:
+            grids.update((step, int(match.group(1))) for step, _ in points)
+    return grids
 
 
 def step_times(runs_dir, skip: int = 40, batch_size=None) -> dict:
@@ -25,14 +50,12 @@ def step_times(runs_dir, skip: int = 40, batch_size=None) -> dict:
     if not steps:
         raise SystemExit(f"error: {runs_dir} has no steps after --skip {skip}")
     waits = dict(scalars.get("time_data_wait", []))
-    median = statistics.median(seconds for _, seconds in steps)
-    result = {"steps": len(steps), "time_per_step_median": round(median, 5),
-              "time_per_step_min": round(min(seconds for _, seconds in steps), 5)}
-    known = [waits[step] for step, _ in steps if step in waits]
-    if known:
-        result["time_data_wait_median"] = round(statistics.median(known), 5)
-    if batch_size:
-        result["samples_per_s"] = round(batch_size / median, 1)
+    result = summary(steps, waits, batch_size)
+    grids = step_grids(scalars)
+    by_grid = {k: summary([s for s in steps if grids.get(s[0]) == k], waits, batch_size)
+               for k in sorted({grids[step] for step, _ in steps if step in grids})}
+    if by_grid:
+        result["by_grid"] = {f"{k}x{k}": value for k, value in by_grid.items()}
     return result
 
 
