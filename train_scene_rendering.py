@@ -17,13 +17,15 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tqdm import tqdm
 
 from models.scene import IMAGE_SIZES, ModelConfig, SceneModel
-from utils import distributed, schedules, summaries
+from utils import distributed, optimizer, schedules, summaries
 from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from utils.checkpoint_dir import CheckpointDir
 from utils.dataset import EpisodeError, list_episodes
@@ -252,6 +254,33 @@ def _worker_init(_):
 
 # ----------------------------------------------------------------------------- training
 
+@dataclass
+class QueuedStep:
+    """A step handed to the device, and its statistics summed over the ranks: loss, kl, grad norm,
+    damaged episodes, stop requests, rank 0's loss. On a GPU they come back by an asynchronous copy."""
+
+    step: int  # steps done once it has run: its x in TensorBoard
+    grid: int
+    lr: float
+    sigma: float
+    stats: torch.Tensor
+    step_time: float = 0.0
+    data_wait: float = 0.0
+    copied: Optional[torch.cuda.Event] = None
+
+    def __post_init__(self):
+        if self.stats.device.type == "cuda":
+            host = torch.empty(self.stats.shape, dtype=self.stats.dtype, pin_memory=True)
+            self.stats = host.copy_(self.stats, non_blocking=True)
+            self.copied = torch.cuda.Event()
+            self.copied.record()
+
+    def values(self) -> list:
+        if self.copied is not None:
+            self.copied.synchronize()  # waits for this step only, not for the ones queued after it
+        return self.stats.tolist()
+
+
 class Trainer:
     def __init__(self, args, runtime: distributed.Runtime):
         self.args, self.runtime = args, runtime
@@ -272,7 +301,7 @@ class Trainer:
             # cuDNN's fast kernels are NHWC: NCHW weights cost two layout transposes per convolution
             # (about 15% of a step's GPU time; bench/PROFILE.md).
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.optimizer = optimizer.adam(self.model.parameters(), lr=args.lr)
         self.checkpoints = CheckpointDir(self.run_dir / "models", args.keep_checkpoints,
                                          warn=lambda m: runtime.is_main and note(f"warning: {m}"))
         self.step = 0  # steps done; the next step's index
@@ -313,7 +342,7 @@ class Trainer:
                  f"fresh optimizer")
             return
         try:
-            self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+            optimizer.load_adam_state(self.optimizer, checkpoint["optimizer_state_dict"])
         except (ValueError, KeyError) as error:
             raise CheckpointError(f"{path}: optimizer state does not fit this model ({error})") from None
         schedule = checkpoint.get("scheduler_state_dict", {})
@@ -361,7 +390,7 @@ class Trainer:
     def recover(self, writer):
         """Too many non-finite steps in a row: back to the last checkpoint's state, half the learning rate."""
         self.model.load_state_dict(self.good["model"])
-        self.optimizer.load_state_dict(to_cpu(self.good["optimizer"]))  # a copy: the snapshot stays intact
+        optimizer.load_adam_state(self.optimizer, to_cpu(self.good["optimizer"]))  # a copy: the snapshot stays
         self.lr_scale /= 2
         self.bad_run = 0
         note(f"warning: {self.args.max_bad_steps} non-finite steps in a row at step {self.step}: reloaded the "
@@ -380,46 +409,62 @@ class Trainer:
 
     # --- one step
 
-    def train_step(self, batch, stop: "StopRequest") -> dict:
+    def train_step(self, batch, stop: "StopRequest") -> "QueuedStep":
+        """Hand one step to the device. Nothing here waits for it: the outcome is read later (``settle``)."""
         args, runtime, step = self.args, self.runtime, self.step
+        device = runtime.device
         torch.manual_seed(noise_seed(args.seed, step, runtime.rank))
         lr, sigma = self.lr(step), self.sigma(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         # A float sigma would be a constant of the compiled graph: a recompile at every step.
-        sigma_arg = torch.full((), sigma, device=runtime.device) if args.compile else sigma
-        with torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=args.amp):
-            losses = self.step_model(*batch.model_inputs(runtime.device), sigma_arg)
+        sigma_arg = torch.full((), sigma, device=device) if args.compile else sigma
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            losses = self.step_model(*batch.model_inputs(device), sigma_arg)
         loss = losses.loss.float().mean()
         if _loss_hook is not None:
             loss = _loss_hook(step, loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad or math.inf)
+        parameters = self.model.parameters()
+        grad_norm = (torch.nn.utils.clip_grad_norm_(parameters, args.clip_grad) if args.clip_grad else
+                     torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None]))
         for path in batch.bad_files:
             if path not in self.bad_files:
                 self.bad_files.add(path)
                 note(f"warning: skipped damaged episode {path}")
-        stats = torch.stack([loss.detach(), losses.kl.detach().float().mean(), grad_norm.detach().to(loss.device)]).float()
-        flags = [len(self.bad_files), float(stop.requested)]
-        if runtime.distributed:
-            # Every rank must agree on the step's outcome: sum the flags too. Rank 0's own loss rides along
-            # (the others add 0) for train/loss_{k}x{k}, which is logged for rank 0's grid.
-            own = stats[:1] * float(runtime.is_main)
-            stats = distributed.reduce_sum(torch.cat([stats, stats.new_tensor(flags), own]), runtime)
-        loss_v, kl_v, norm_v, *reduced = stats.tolist()  # the step's one host sync
-        bad, stop, own_loss = reduced or (*flags, loss_v)
-        world = runtime.world
-        finite = math.isfinite(loss_v) and math.isfinite(norm_v)  # identical on every rank: reduced values
-        if finite:
-            self.optimizer.step()
-            self.bad_run = 0
-        else:
-            self.skipped_steps += 1
-            self.bad_run += 1
-        return {"loss": loss_v / world, "kl": kl_v / world, "grad_norm": norm_v / world, "lr": lr, "sigma": sigma,
-                "grid": batch.grid, "local_loss": own_loss, "finite": finite,
-                "bad_files": int(bad), "stop": stop > 0}
+        # Host values become device scalars by a fill, not a copy (a blocking copy would sync).
+        flags = [torch.full((), float(v), device=device) for v in (len(self.bad_files), stop.requested)]
+        loss = loss.detach()
+        # Rank 0's own loss (the others add 0) for train/loss_{k}x{k}, which is logged for rank 0's grid.
+        own = loss * float(runtime.is_main)
+        stats = torch.stack([loss, losses.kl.detach().float().mean(), grad_norm.to(device), *flags, own]).float()
+        # Every rank must agree on the step's outcome: everything is summed over the ranks.
+        stats = distributed.reduce_sum(stats, runtime)
+        optimizer.step_unless(self.optimizer, (~torch.isfinite(stats[0:3:2])).any().float())  # loss, norm
+        return QueuedStep(step + 1, batch.grid, lr, sigma, stats)
+
+    def settle(self, queued: list, writer, bar) -> dict:
+        """Read queued steps' outcomes (waiting for the device as needed), log them and count the bad ones.
+        Returns what they call for: {"recover", "stop", "bad_files": n} (n: damaged episodes so far)."""
+        args, world = self.args, self.runtime.world
+        calls = {}
+        for record in queued:
+            loss, kl, norm, bad, stop, own_loss = record.values()
+            finite = math.isfinite(loss) and math.isfinite(norm)  # identical on every rank: reduced values
+            self.skipped_steps += not finite
+            self.bad_run = 0 if finite else self.bad_run + 1
+            self.log_step(writer, record, finite, loss / world, kl / world, norm / world, own_loss, bad)
+            bar.set_postfix(loss=f"{loss / world:.1f}", grid=f"{record.grid}x{record.grid}", refresh=False)
+            bar.update()
+            if bad > args.max_bad_files * self.n_episodes:
+                calls["bad_files"] = int(bad)
+            if self.bad_run >= args.max_bad_steps:
+                calls["recover"] = True
+            if stop > 0:
+                calls["stop"] = True
+        queued.clear()
+        return calls
 
     # --- evaluation
 
@@ -502,27 +547,35 @@ class Trainer:
         return 0
 
     def loop(self, loader, writer, bar, stop) -> bool:
-        """Train until --steps or a stop request (then True)."""
+        """Train until --steps or a stop request (then True).
+
+        Each step's outcome is read one step late: the host queues step t+1 while the device still runs
+        step t, instead of waiting for it (a sync per step leaves the GPU idle while the host prepares
+        the next). Before a checkpoint or an evaluation, and when an outcome calls for action, every
+        queued step is read first. The boundaries are the same on every rank, so ranks act in step."""
         args, main = self.args, self.runtime.is_main
+        queued = []
         last = fetch_start = time.perf_counter()
         for batch in loader:
             data_wait = time.perf_counter() - fetch_start  # near time_per_step: the GPU starves, raise --workers
-            out = self.train_step(batch, stop)
+            record = self.train_step(batch, stop)
             self.step += 1
             now = time.perf_counter()
-            step_time, last = now - last, now
-            self.log_step(writer, out, step_time, data_wait)
-            bar.set_postfix(loss=f"{out['loss']:.1f}", grid=f"{out['grid']}x{out['grid']}", refresh=False)
-            bar.update()
-            if out["bad_files"] > args.max_bad_files * self.n_episodes:
+            record.step_time, record.data_wait, last = now - last, data_wait, now
+            calls = self.settle(queued, writer, bar)  # the previous step's
+            queued.append(record)
+            if calls or self.step % args.save_interval == 0 or self.step % args.log_interval == 0 \
+                    or self.step == args.steps:
+                calls |= self.settle(queued, writer, bar)
+            if "bad_files" in calls:
                 self.save()
                 raise TrainingError(
-                    f"{out['bad_files']} of {self.n_episodes} episodes in {args.train_data_dir} are damaged, more "
-                    f"than --max_bad_files {args.max_bad_files:g}; fix or remove them (or raise --max_bad_files); "
-                    f"checkpoint saved at step {self.step}")
-            if self.bad_run >= args.max_bad_steps:
+                    f"{calls['bad_files']} of {self.n_episodes} episodes in {args.train_data_dir} are damaged, "
+                    f"more than --max_bad_files {args.max_bad_files:g}; fix or remove them (or raise "
+                    f"--max_bad_files); checkpoint saved at step {self.step}")
+            if "recover" in calls:
                 self.recover(writer)
-            if out["stop"]:
+            if "stop" in calls:
                 return True
             if self.step % args.save_interval == 0 and self.step < args.steps:  # the last one: final
                 self.save()
@@ -532,19 +585,19 @@ class Trainer:
             fetch_start = time.perf_counter()
         return False
 
-    def log_step(self, writer, out, step_time, data_wait):
-        step, k = self.step, out["grid"]
-        if out["finite"]:
-            writer.add_scalar(f"train/loss_{k}x{k}", out["local_loss"], step)
-            writer.add_scalar("train/loss", out["loss"], step)
-            writer.add_scalar("train/kl", out["kl"], step)
-            writer.add_scalar("grad_norm", out["grad_norm"], step)
-        writer.add_scalar("lr", out["lr"], step)
-        writer.add_scalar("sigma", out["sigma"], step)
-        writer.add_scalar("time_per_step", step_time, step)
-        writer.add_scalar("time_data_wait", data_wait, step)
+    def log_step(self, writer, record, finite, loss, kl, grad_norm, own_loss, bad_files):
+        step, k = record.step, record.grid
+        if finite:
+            writer.add_scalar(f"train/loss_{k}x{k}", own_loss, step)
+            writer.add_scalar("train/loss", loss, step)
+            writer.add_scalar("train/kl", kl, step)
+            writer.add_scalar("grad_norm", grad_norm, step)
+        writer.add_scalar("lr", record.lr, step)
+        writer.add_scalar("sigma", record.sigma, step)
+        writer.add_scalar("time_per_step", record.step_time, step)
+        writer.add_scalar("time_data_wait", record.data_wait, step)
         writer.add_scalar("train/skipped_steps", self.skipped_steps, step)
-        writer.add_scalar("data/skipped_episodes", out["bad_files"], step)
+        writer.add_scalar("data/skipped_episodes", bad_files, step)
 
     def dump_for_tests(self):
         directory = os.environ.get(DUMP_ENV)

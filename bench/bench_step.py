@@ -34,6 +34,7 @@ from bench.naive import NaiveSceneModel  # noqa: E402
 from models.gqn import POSE_DIM  # noqa: E402
 from models.scene import SceneModel, ModelConfig  # noqa: E402
 from models.structure import CELL  # noqa: E402
+from utils import optimizer  # noqa: E402
 
 # Dense bf16 tensor-core peak, TFLOP/s, by a substring of torch.cuda.get_device_name (first match wins).
 BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
@@ -76,11 +77,11 @@ def synthetic_batch(batch_size: int, grid: int, img_size: int, context_views: in
 
 
 class Stepper:
-    """One model, its Adam optimizer, and a timed training step."""
+    """One model, the training script's optimizer (fused Adam), and a timed training step."""
 
     def __init__(self, model, batch, device, amp: bool):
         self.model, self.batch, self.device, self.amp = model, batch, device, amp
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=5e-4)
+        self.optimizer = optimizer.adam(model.parameters(), lr=5e-4)
 
     def loss(self, model=None):
         model = model or self.model

@@ -128,6 +128,27 @@ def test_nan_loss_skips_steps_then_reloads_last_checkpoint_with_half_the_lr(scra
 
 
 @requires_shared
+def test_a_blow_up_seen_while_the_next_step_runs_is_recovered_from_in_step(scratch, one_thread, monkeypatch,
+                                                                          capsys):
+    """Outcomes are read a step late: the second bad step (index 3) is read once step 4 is queued, so the
+    recovery comes at step 5 and throws that step away with the rest since the last checkpoint (the start)."""
+    monkeypatch.setattr(train, "_loss_hook", lambda step, loss: loss * float("inf") if step in (2, 3) else loss)
+    assert train.main(tiny(scratch, "--max_bad_steps", 2, steps=7)) == 0
+    assert "2 non-finite steps in a row at step 5" in capsys.readouterr().err
+    scalars, _ = read_events(scratch / "run" / "runs")
+    assert [v for _, v in scalars["train/skipped_steps"]] == [0, 0, 1, 2, 2, 2, 2]
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2, 5, 6, 7]
+    assert scalars["train/lr_scale"] == [(5, 0.5)]
+    lrs = dict(scalars["lr"])
+    assert lrs[5] == pytest.approx(schedules.learning_rate(4)), "step 4 was queued before the recovery"
+    assert lrs[6] == pytest.approx(0.5 * schedules.learning_rate(5))
+    final = load(scratch / "run" / "models" / "checkpoint-final.pt")
+    assert final["scheduler_state_dict"]["skipped_steps"] == 2
+    # Back at the start, then steps 5 and 6 applied: Adam has counted two steps.
+    assert int(final["optimizer_state_dict"]["state"][0]["step"]) == 2
+
+
+@requires_shared
 def test_one_damaged_episode_is_skipped_counted_and_named_once(scratch, one_thread, capsys):
     data = link_episodes(scratch / "data", 4)
     (data / "garbage.pt").write_bytes(b"not an episode at all")

@@ -265,3 +265,23 @@ def test_torchrun_two_cpu_processes_stay_in_sync_only_rank_0_writes_and_one_proc
     resumed = load(run_dir / "models" / "checkpoint-final.pt")
     assert resumed["epoch"] == 3
     assert any(not torch.equal(resumed["model_state_dict"][k], rank0[k]) for k in rank0), "it trained on"
+
+
+@requires_shared
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_a_training_step_never_waits_for_the_gpu(scratch, monkeypatch):
+    """The host hands steps to the GPU without a sync (torch's sync debug mode makes one an error): outcomes
+    are read a step late, a non-finite step is left out on the device."""
+    queue = train.Trainer.train_step
+
+    def strict(self, batch, stop):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return queue(self, batch, stop)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(train.Trainer, "train_step", strict)
+    argv = tiny(scratch, "--train_grids", 1, 2, "--batch_size", 4, steps=4)
+    argv[argv.index("--device_ids") + 1:argv.index("--device_ids") + 1] = ["0"]
+    assert train.main(argv) == 0
