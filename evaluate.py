@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from models.scene import SceneModel
 from utils.checkpoint import CheckpointError, model_from_checkpoint
-from utils.dataset import EpisodeError, list_episodes, load_episode
+from utils.dataset import EpisodeError, list_episodes, load_episode, to_unit
 from utils.hotel import WORLD_MAZES, HotelBatch, StepPlan, build_hotels, plan_step
 
 DEFAULT_SIGMA = 0.7  # the pixel sigma at the end of the original schedule, for checkpoints without one
@@ -98,9 +98,9 @@ def pose_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def maze_contexts(batch: HotelBatch):
-    """Context frames and poses regrouped per maze: (N, M, C, 3, S, S), (N, M, C, 7)."""
+    """Context frames (in [0, 1]) and poses regrouped per maze: (N, M, C, 3, S, S), (N, M, C, 7)."""
     n, m = batch.query_poses.shape[:2]
-    frames = batch.context_frames.unflatten(1, (m, -1))
+    frames = to_unit(batch.context_frames).unflatten(1, (m, -1))
     return frames, batch.context_poses.unflatten(1, (m, -1))
 
 
@@ -262,7 +262,7 @@ def evaluate_model(candidate: Candidate, batches, seed: int, device, progress=No
 def evaluate_references(batches, progress=None) -> List[dict]:
     totals, seconds, queries = {NEAREST: {}, MEAN: {}}, {NEAREST: 0.0, MEAN: 0.0}, 0
     for batch in batches:
-        truth = batch.query_frames.flatten(0, 1)
+        truth = to_unit(batch.query_frames.flatten(0, 1))
         for name, answer in ((NEAREST, nearest_view), (MEAN, mean_view)):
             started = time.perf_counter()
             accumulate(totals[name], image_row(answer(batch), truth))

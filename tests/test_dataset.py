@@ -16,7 +16,7 @@ import torchvision.io
 from PIL import Image
 
 import utils.dataset as dataset
-from tests.conftest import SHARED_MAZES, requires_shared
+from tests.conftest import REPO_ROOT, SHARED_MAZES, requires_shared
 from utils.dataset import (
     EPISODE_SUFFIXES,
     Episode,
@@ -420,6 +420,24 @@ def test_decode_views_values():
     assert decode_views(episode, [], 16).shape == (0, 3, 16, 16)
     with pytest.raises(IndexError):
         decode_views(episode, [3], 16)
+
+
+def test_a_training_batch_carries_uint8_pixels_and_the_model_gets_decode_views_floats():
+    """Loader workers pass uint8 (a quarter of the bytes); model_inputs makes the same floats decode_views
+    would have."""
+    from utils.hotel import HotelSteps
+    steps = HotelSteps(REPO_ROOT / "data_samples" / "train", img_size=32, batch_size=4,
+                       grids=[1], context_views=3, seed=0)
+    batch = steps[5]
+    assert batch.context_frames.dtype == batch.query_frames.dtype == torch.uint8
+    context, _, query, *_ = batch.model_inputs(torch.device("cpu"))
+    assert context.dtype == query.dtype == torch.float32
+    assert torch.equal(context, batch.context_frames.float() / 255) and torch.equal(query, batch.query_frames / 255)
+    plan = steps.plan(5)
+    episode = load_episode(steps.paths[int(plan.episodes[0, 0])])
+    indices = (plan.views[0, 0] * len(episode.frames)).long().clamp(max=len(episode.frames) - 1).tolist()
+    assert torch.equal(query[0, 0], decode_views(episode, indices, 32)[-1])
+    assert torch.equal(context[0], decode_views(episode, indices[:-1], 32))
 
 
 @requires_shared

@@ -70,9 +70,9 @@ def synthetic_batch(grid=2, views=4, size=16, seed=0) -> HotelBatch:
     yaw = torch.rand(mazes, views, generator=g) * 2 * math.pi - math.pi
     poses = torch.cat([xy, torch.zeros(mazes, views, 1), yaw.cos()[..., None], yaw.sin()[..., None],
                        torch.ones(mazes, views, 1), torch.zeros(mazes, views, 1)], -1)
-    frames = torch.rand(mazes, views, 3, size, size, generator=g)
-    return HotelBatch(frames.flatten(0, 1)[None], poses.flatten(0, 1)[None], torch.zeros(1, mazes, 3, size, size),
-                      torch.zeros(1, mazes, 7), origin, grid, ())
+    frames = torch.randint(256, (mazes, views, 3, size, size), generator=g, dtype=torch.uint8)
+    return HotelBatch(frames.flatten(0, 1)[None], poses.flatten(0, 1)[None],
+                      torch.zeros(1, mazes, 3, size, size, dtype=torch.uint8), torch.zeros(1, mazes, 7), origin, grid, ())
 
 
 def test_nearest_view_is_exact_when_the_query_pose_is_a_context_pose():
@@ -80,10 +80,11 @@ def test_nearest_view_is_exact_when_the_query_pose_is_a_context_pose():
     frames, poses = evaluate.maze_contexts(batch)  # (1, M, C, ...)
     chosen = torch.tensor([2, 0, 3, 1])  # a different context view of each maze
     mazes = torch.arange(4)
-    batch = batch._replace(query_frames=frames[0, mazes, chosen][None], query_poses=poses[0, mazes, chosen][None])
+    pixels = batch.context_frames.unflatten(1, (4, -1))  # uint8, as the loader delivers them
+    batch = batch._replace(query_frames=pixels[0, mazes, chosen][None], query_poses=poses[0, mazes, chosen][None])
     answer = evaluate.nearest_view(batch)
-    assert torch.equal(answer, batch.query_frames.flatten(0, 1))
-    row = evaluate.finish(evaluate.image_row(answer, batch.query_frames.flatten(0, 1)), 4)
+    assert torch.equal(answer, frames[0, mazes, chosen])
+    row = evaluate.finish(evaluate.image_row(answer, frames[0, mazes, chosen]), 4)
     assert row["mse"] == 0 and row["psnr"] == math.inf and row["ssim"] == pytest.approx(1.0)
     # The mean image is the mean of the query's own maze's context views.
     assert torch.allclose(evaluate.mean_view(batch), frames[0].mean(1))

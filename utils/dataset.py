@@ -55,7 +55,9 @@ __all__ = [
     "list_episodes",
     "load_episode",
     "save_episode",
+    "decode_pixels",
     "decode_views",
+    "to_unit",
     "pose_vectors",
     "episode_digests",
     "episode_info",
@@ -524,7 +526,17 @@ def _decode_jpeg(data):
 
 
 def decode_views(episode: Episode, indices: Iterable[int], img_size: int) -> torch.Tensor:
-    """Decode just the chosen views: (len(indices), 3, img_size, img_size) float32 in [0, 1].
+    """Decode just the chosen views: (len(indices), 3, img_size, img_size) float32 in [0, 1]."""
+    return to_unit(decode_pixels(episode, indices, img_size))
+
+
+def to_unit(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1], on the pixels' device."""
+    return pixels.float().div_(255.0)
+
+
+def decode_pixels(episode: Episode, indices: Iterable[int], img_size: int) -> torch.Tensor:
+    """Decode just the chosen views: (len(indices), 3, img_size, img_size) uint8.
 
     Resizing (84 -> img_size) is bilinear with antialiasing, skipped when the size already matches.
     """
@@ -534,7 +546,7 @@ def decode_views(episode: Episode, indices: Iterable[int], img_size: int) -> tor
         if not 0 <= i < n:
             raise IndexError(f"{episode.path or 'episode'}: view index {i} out of range for {n} views")
     if not idx:
-        return torch.zeros(0, 3, img_size, img_size)
+        return torch.zeros(0, 3, img_size, img_size, dtype=torch.uint8)
     data = [torch.frombuffer(bytearray(episode.frames[i]), dtype=torch.uint8) for i in idx]
     try:
         images = _decode_jpeg(data)
@@ -552,8 +564,7 @@ def decode_views(episode: Episode, indices: Iterable[int], img_size: int) -> tor
     if views.shape[-2:] != (img_size, img_size):
         # uint8 channels-last in and out: torch's fast antialiased kernel; an 8-bit source loses nothing
         views = F.interpolate(views, size=(img_size, img_size), mode="bilinear", antialias=True, align_corners=False)
-    views = views.float().div_(255.0).contiguous()  # (V, 3, img_size, img_size) in [0, 1]
-    return views
+    return views.contiguous()
 
 
 def pose_vectors(cameras) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from models.structure import CELL
-from utils.dataset import EpisodeError, decode_views, list_episodes, load_episode, pose_vectors
+from utils.dataset import EpisodeError, decode_pixels, list_episodes, load_episode, pose_vectors, to_unit
 
 POSE_EXTENT = (-0.4, 0.3)
 WORLD_MAZES = 5  # the world holds 5 x 5 mazes (10 x 10 units, as in the original)
@@ -79,19 +79,23 @@ def plan_step(seed: int, step: int, rank: int, n_episodes: int, batch_size: int,
 
 
 class HotelBatch(NamedTuple):
-    """One step's tensors. N hotels, M = k^2 mazes each, C context views per maze, S image size."""
-    context_frames: torch.Tensor  # (N, M * C, 3, S, S) in [0, 1]
+    """One step's tensors. N hotels, M = k^2 mazes each, C context views per maze, S image size.
+
+    Frames stay uint8 pixels until ``model_inputs``: a quarter of float32's bytes to pass from a loader
+    worker, pin and copy to the GPU, which makes them floats itself."""
+    context_frames: torch.Tensor  # (N, M * C, 3, S, S) uint8
     context_poses: torch.Tensor  # (N, M * C, 7) world coordinates
-    query_frames: torch.Tensor  # (N, M, 3, S, S)
+    query_frames: torch.Tensor  # (N, M, 3, S, S) uint8
     query_poses: torch.Tensor  # (N, M, 7)
     origin: torch.Tensor  # (N, 2)
     grid: int
     bad_files: tuple  # episodes that failed to load during this step (replaced by others)
 
     def model_inputs(self, device):
-        """Tensors moved to ``device`` in the order of ``SceneModel.forward``'s first six arguments."""
+        """Tensors moved to ``device`` in the order of ``SceneModel.forward``'s first six arguments, frames
+        as float32 in [0, 1]."""
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return (move(self.context_frames), move(self.context_poses), move(self.query_frames),
+        return (to_unit(move(self.context_frames)), move(self.context_poses), to_unit(move(self.query_frames)),
                 move(self.query_poses), move(self.origin), self.grid)
 
 
@@ -104,7 +108,7 @@ def build_hotels(plan: StepPlan, load, img_size: int, raw: bool = False) -> Hote
         for m in range(mazes):
             episode = load(int(plan.episodes[h, m]))
             indices = (plan.views[h, m] * len(episode.frames)).long().clamp(max=len(episode.frames) - 1)
-            frames.append(decode_views(episode, indices.tolist(), img_size))  # (C + 1, 3, S, S)
+            frames.append(decode_pixels(episode, indices.tolist(), img_size))  # (C + 1, 3, S, S)
             cameras = torch.as_tensor(episode.cameras)[indices]
             poses.append(world_poses(cameras, cells[m], plan.origin[h], raw))  # (C + 1, 7)
     frames = torch.stack(frames).view(hotels, mazes, views, 3, img_size, img_size)
