@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU check of this project in one short run, for a single lent CUDA machine:
-#   equivalence   the optimised model equals the naive reference on CUDA (fp32, TF32 off)
+#   cuda_tests    the tests that need CUDA: the optimised model equals the naive reference (fp32, TF32 off),
+#                 fused Adam leaves a non-finite step out, and a training step never syncs with the GPU
 #   step_*        training-step benchmarks at the paper's size (batch 36, L 12, 64x64): fp32, bf16 autocast,
-#                 channels-last, torch.compile (default and reduce-overhead), against the naive reference
-#                 where ours runs eager; TFLOP/s and the fraction of bf16 peak
+#                 channels-last, torch.compile (default and reduce-overhead; 1x1 and 2x2 hotels), against
+#                 the naive reference where ours runs eager; TFLOP/s and the fraction of bf16 peak
 #   loader        the training loader's throughput with 4, 8 and 12 workers, to compare with step throughput
 #   train_cli     the training CLI itself on the GPU with --amp --compile for 400 steps (1x1 and 2x2 hotels),
 #                 then its median step time and loader wait (bench/step_times.py)
@@ -19,7 +20,7 @@
 set -u
 DATA=${1:?usage: bash bench/gpu_check.sh DATA_DIR [OUT_DIR]}
 OUT_DIR=${2:-gpu_check_out}
-PARTS=${PARTS:-"equivalence step_fp32 step_amp step_amp_cl step_amp_2x2 loader step_amp_compile step_amp_compile_ro train_cli train_cli_rewritten"}
+PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader step_amp_compile step_amp_compile_2x2 step_amp_compile_ro train_cli train_cli_rewritten"}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -48,9 +49,10 @@ train_cli() {  # train_cli DATA: 400 steps of the CLI, then its median step time
 
 run_part() {
     case $1 in
-    equivalence)
-        part equivalence 90 $PY -m pytest -q -p no:cacheprovider tests/test_equivalence.py -rs
-        tail -1 "$OUT_DIR/equivalence.log" >>"$OUT_DIR/summary.txt" ;;
+    cuda_tests)
+        part cuda_tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_equivalence.py tests/test_optimizer.py \
+            tests/test_train.py::test_a_training_step_never_waits_for_the_gpu -rs
+        tail -1 "$OUT_DIR/cuda.log" >>"$OUT_DIR/summary.txt" ;;
     step_fp32) part step_fp32 75 $STEP --grid 1 ;;
     step_amp) part step_amp 75 $STEP --grid 1 --amp --profile 25 ;;
     step_amp_cl) part step_amp_cl 60 $STEP --grid 1 --amp --channels_last ;;
@@ -61,6 +63,7 @@ run_part() {
                 --steps 40 --pin_memory
         done ;;
     step_amp_compile) part step_amp_compile 120 $STEP --grid 1 --amp --channels_last --compile --no-naive --profile 25 ;;
+    step_amp_compile_2x2) part step_amp_compile_2x2 120 $STEP --grid 2 --amp --channels_last --compile --no-naive ;;
     step_amp_compile_ro) part step_amp_compile_ro 120 $STEP --grid 1 --amp --channels_last --compile reduce-overhead \
         --no-naive ;;
     train_cli) train_cli "$DATA" ;;

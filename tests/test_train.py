@@ -9,7 +9,7 @@ import torch
 
 import train_scene_rendering as train
 from models.scene import ModelConfig, SceneModel
-from tests.conftest import requires_shared
+from tests.conftest import REPO_ROOT, requires_shared
 from tests.train_support import (SCRIPT, assert_one_line_error, link_episodes, main_error, make_scratch,  # noqa: F401
                                  one_thread, python, scratch, subprocess_env, tiny)
 from utils import distributed, schedules
@@ -267,7 +267,6 @@ def test_torchrun_two_cpu_processes_stay_in_sync_only_rank_0_writes_and_one_proc
     assert any(not torch.equal(resumed["model_state_dict"][k], rank0[k]) for k in rank0), "it trained on"
 
 
-@requires_shared
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 def test_a_training_step_never_waits_for_the_gpu(scratch, monkeypatch):
     """The host hands steps to the GPU without a sync (torch's sync debug mode makes one an error): outcomes
@@ -282,6 +281,8 @@ def test_a_training_step_never_waits_for_the_gpu(scratch, monkeypatch):
             torch.cuda.set_sync_debug_mode("default")
 
     monkeypatch.setattr(train.Trainer, "train_step", strict)
-    argv = tiny(scratch, "--train_grids", 1, 2, "--batch_size", 4, steps=4)
+    samples = REPO_ROOT / "data_samples"
+    argv = tiny(scratch, "--train_grids", 1, 2, "--batch_size", 4, steps=4, data=samples / "train",
+                test_data=samples / "test")
     argv[argv.index("--device_ids") + 1:argv.index("--device_ids") + 1] = ["0"]
     assert train.main(argv) == 0
