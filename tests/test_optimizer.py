@@ -60,3 +60,27 @@ def test_a_plain_adam_state_loads_into_the_fused_optimizer_and_continues_the_sam
     for a, b in zip(plain_params, params):  # the same update to float rounding
         torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-6)
     assert int(fused.state_dict()["state"][0]["step"]) == 4
+
+
+def test_moments_saved_in_plain_layout_load_into_channels_last_weights(device):
+    """On a GPU the weights are channels-last, checkpoints hold contiguous tensors: after loading, each
+    moment takes its weight's layout and the run goes on exactly as with the default Adam."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3).to(device)
+    grads = [torch.randn_like(conv.weight) for _ in range(4)]
+    plain = torch.optim.Adam([conv.weight], lr=1e-2)
+    for g in grads[:2]:
+        conv.weight.grad = g.clone()
+        plain.step()
+    saved = {"state": {0: {k: v.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+                           for k, v in plain.state_dict()["state"][0].items()}},
+             "param_groups": copy.deepcopy(plain.state_dict()["param_groups"])}
+    weight = torch.nn.Parameter(conv.weight.detach().clone().to(memory_format=torch.channels_last))
+    assert not weight.is_contiguous()
+    fused = optimizer.adam([weight], lr=1e-2)
+    optimizer.load_adam_state(fused, saved)
+    for g in grads[2:]:
+        conv.weight.grad = g.clone()
+        plain.step()
+        _step(fused, [weight], [g.contiguous(memory_format=torch.channels_last)])
+    torch.testing.assert_close(weight.detach(), conv.weight.detach(), rtol=1e-5, atol=1e-6)

@@ -267,7 +267,19 @@ def test_torchrun_two_cpu_processes_stay_in_sync_only_rank_0_writes_and_one_proc
     assert any(not torch.equal(resumed["model_state_dict"][k], rank0[k]) for k in rank0), "it trained on"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+
+
+def on_gpu(root, *extra, steps):
+    """``tiny`` on GPU 0 with the built-in samples (no ../shared needed), 1x1 and 2x2 hotels."""
+    samples = REPO_ROOT / "data_samples"
+    argv = tiny(root, "--train_grids", 1, 2, "--batch_size", 4, *extra, steps=steps, data=samples / "train",
+                test_data=samples / "test")
+    argv.insert(argv.index("--device_ids") + 1, "0")
+    return argv
+
+
+@needs_cuda
 def test_a_training_step_never_waits_for_the_gpu(scratch, monkeypatch):
     """The host hands steps to the GPU without a sync (torch's sync debug mode makes one an error): outcomes
     are read a step late, a non-finite step is left out on the device."""
@@ -281,8 +293,16 @@ def test_a_training_step_never_waits_for_the_gpu(scratch, monkeypatch):
             torch.cuda.set_sync_debug_mode("default")
 
     monkeypatch.setattr(train.Trainer, "train_step", strict)
-    samples = REPO_ROOT / "data_samples"
-    argv = tiny(scratch, "--train_grids", 1, 2, "--batch_size", 4, steps=4, data=samples / "train",
-                test_data=samples / "test")
-    argv[argv.index("--device_ids") + 1:argv.index("--device_ids") + 1] = ["0"]
-    assert train.main(argv) == 0
+    assert train.main(on_gpu(scratch, steps=4)) == 0
+
+
+@needs_cuda
+def test_on_a_gpu_a_recovery_and_a_resume_restore_adam_into_channels_last_weights(scratch, monkeypatch):
+    """Checkpoints hold plain-layout tensors; the GPU's weights are channels-last (fused Adam refuses a
+    mismatch). A blow-up after a checkpoint reloads it; then the run resumes from its newest checkpoint."""
+    monkeypatch.setattr(train, "_loss_hook", lambda step, loss: loss * float("nan") if step in (3, 4) else loss)
+    assert train.main(on_gpu(scratch, "--save_interval", 2, "--max_bad_steps", 2, steps=6)) == 0
+    monkeypatch.setattr(train, "_loss_hook", None)
+    assert train.main(on_gpu(scratch, "--saved_model", "auto", steps=8)) == 0
+    final = load(scratch / "run" / "models" / "checkpoint-final.pt")
+    assert final["epoch"] == 8 and final["scheduler_state_dict"]["lr_scale"] == 0.5

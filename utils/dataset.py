@@ -532,6 +532,8 @@ def decode_views(episode: Episode, indices: Iterable[int], img_size: int) -> tor
 
 def to_unit(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> float32 in [0, 1], on the pixels' device."""
+    if pixels.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 pixels, got {pixels.dtype}")
     return pixels.float().div_(255.0)
 
 

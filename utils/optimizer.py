@@ -28,3 +28,10 @@ def load_adam_state(optimizer: torch.optim.Adam, state: dict) -> None:
     has its step counters moved onto the parameters' device, where the fused kernel needs them."""
     groups = [{**group, "fused": True, "foreach": None} for group in state["param_groups"]]
     optimizer.load_state_dict({**state, "param_groups": groups})
+    # Checkpoints store plain (contiguous) tensors, while a GPU run keeps channels-last weights: the fused
+    # kernel needs each moment in its parameter's layout (on CUDA it refuses a mismatch, on the CPU it
+    # would silently compute a wrong update).
+    for param, moments in optimizer.state.items():
+        for key, value in moments.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                moments[key] = torch.empty_like(param).copy_(value)
