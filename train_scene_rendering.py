@@ -266,6 +266,7 @@ class QueuedStep:
     stats: torch.Tensor
     step_time: float = 0.0
     data_wait: float = 0.0
+    device_wait: float = 0.0  # how long the host waited for the device to finish it
     copied: Optional[torch.cuda.Event] = None
 
     def __post_init__(self):
@@ -450,7 +451,10 @@ class Trainer:
         args, world = self.args, self.runtime.world
         calls = {}
         for record in queued:
+            started = time.perf_counter()
             loss, kl, norm, bad, stop, own_loss = record.values()
+            # Near 0 with a GPU: the host, not the GPU, sets the pace (the GPU idles between steps).
+            record.device_wait = time.perf_counter() - started
             finite = math.isfinite(loss) and math.isfinite(norm)  # identical on every rank: reduced values
             self.skipped_steps += not finite
             self.bad_run = 0 if finite else self.bad_run + 1
@@ -596,6 +600,7 @@ class Trainer:
         writer.add_scalar("sigma", record.sigma, step)
         writer.add_scalar("time_per_step", record.step_time, step)
         writer.add_scalar("time_data_wait", record.data_wait, step)
+        writer.add_scalar("time_device_wait", record.device_wait, step)
         writer.add_scalar("train/skipped_steps", self.skipped_steps, step)
         writer.add_scalar("data/skipped_episodes", bad_files, step)
 

@@ -3,8 +3,9 @@
     python bench/step_times.py logs/GEN/runs [--skip 40]
 
 Prints one JSON line: the median and fastest ``time_per_step`` after the first ``--skip`` steps (which
-hold torch.compile's compilation and the workers' start), the median ``time_data_wait`` (the part of a
-step spent waiting for the loader), and samples/s at the run's batch size if given; then the same per
+hold torch.compile's compilation and the workers' start), the medians of ``time_data_wait`` (the host
+waiting for the loader) and ``time_device_wait`` (the host waiting for the GPU: near 0 when the host sets
+the pace), and samples/s at the run's batch size if given; then the same per
 hotel size k under ``by_grid`` (each k is its own compiled graph and its own kind of batch).
 """
 import argparse
@@ -19,14 +20,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.summaries import read_events  # noqa: E402
 
 
+WAITS = ("time_data_wait", "time_device_wait")  # parts of a step: waiting for the loader, for the GPU
+
+
 def summary(steps, waits: dict, batch_size=None) -> dict:
-    """Medians of ``steps`` ([(step, seconds)]) and of their loader waits."""
+    """Medians of ``steps`` ([(step, seconds)]) and of their waits ({name: {step: seconds}})."""
     median = statistics.median(seconds for _, seconds in steps)
     result = {"steps": len(steps), "time_per_step_median": round(median, 5),
               "time_per_step_min": round(min(seconds for _, seconds in steps), 5)}
-    known = [waits[step] for step, _ in steps if step in waits]
-    if known:
-        result["time_data_wait_median"] = round(statistics.median(known), 5)
+    for name, values in waits.items():
+        known = [values[step] for step, _ in steps if step in values]
+        if known:
+            result[f"{name}_median"] = round(statistics.median(known), 5)
     if batch_size:
         result["samples_per_s"] = round(batch_size / median, 1)
     return result
@@ -49,7 +54,7 @@ def step_times(runs_dir, skip: int = 40, batch_size=None) -> dict:
     steps = [(step, seconds) for step, seconds in scalars["time_per_step"] if step > skip]
     if not steps:
         raise SystemExit(f"error: {runs_dir} has no steps after --skip {skip}")
-    waits = dict(scalars.get("time_data_wait", []))
+    waits = {name: dict(scalars[name]) for name in WAITS if name in scalars}
     result = summary(steps, waits, batch_size)
     grids = step_grids(scalars)
     by_grid = {k: summary([s for s in steps if grids.get(s[0]) == k], waits, batch_size)

@@ -54,6 +54,7 @@ def test_step_times_reads_medians_after_the_skipped_steps(tmp_path, capsys):
     for step in range(1, 8):  # steps 1-2 are slow (compilation), then 0.1 s with 0.02 s of loader wait
         writer.add_scalar("time_per_step", 30.0 if step <= 2 else 0.1 + step / 1000, step)
         writer.add_scalar("time_data_wait", 0.02, step)
+        writer.add_scalar("time_device_wait", 0.05, step)
         k = 1 if step % 2 else 2  # odd steps 1x1 hotels, even steps 2x2
         writer.add_scalar(f"train/loss_{k}x{k}", 1.0, step)
     writer.close()
@@ -63,6 +64,7 @@ def test_step_times_reads_medians_after_the_skipped_steps(tmp_path, capsys):
     assert result["time_per_step_median"] == pytest.approx(0.105)
     assert result["time_per_step_min"] == pytest.approx(0.103)
     assert result["time_data_wait_median"] == pytest.approx(0.02)
+    assert result["time_device_wait_median"] == pytest.approx(0.05)
     assert result["samples_per_s"] == pytest.approx(36 / 0.105, rel=1e-3)
     one, two = result["by_grid"]["1x1"], result["by_grid"]["2x2"]
     assert (one["steps"], two["steps"]) == (3, 2)  # steps 3, 5, 7 and 4, 6
