@@ -10,6 +10,7 @@
 #   train_cli     the training CLI itself on the GPU with --amp --compile for 400 steps (1x1 and 2x2 hotels),
 #                 then its median step time and loader wait (bench/step_times.py)
 #   train_cli_rewritten  the same on DATA_DIR rewritten into our format (python -m utils.dataset rewrite)
+#   train_profile the CLI's host time per step by function, steps 61-160 only (bench/profile_cli.py)
 #
 #   bash bench/gpu_check.sh DATA_DIR [OUT_DIR]          # every part
 #   PARTS="train_cli step_amp_compile" bash bench/gpu_check.sh DATA_DIR [OUT_DIR]
@@ -21,7 +22,7 @@
 set -u
 DATA=${1:?usage: bash bench/gpu_check.sh DATA_DIR [OUT_DIR]}
 OUT_DIR=${2:-gpu_check_out}
-PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader step_amp_compile step_amp_compile_2x2 step_amp_compile_ro train_cli train_cli_rewritten"}
+PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader step_amp_compile step_amp_compile_2x2 step_amp_compile_ro train_cli train_profile train_cli_rewritten"}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -68,6 +69,13 @@ run_part() {
     step_amp_compile_ro) part step_amp_compile_ro 120 $STEP --grid 1 --amp --channels_last --compile reduce-overhead \
         --no-naive ;;
     train_cli) train_cli "$DATA" ;;
+    train_profile)
+        local logs="${TMPDIR:-/tmp}/gpu_check_profile"
+        rm -rf "$logs"
+        part train_profile 240 $PY bench/profile_cli.py --skip 60 --steps 100 --rows 30 -- --train_data_dir "$DATA" \
+            --test_data_dir data_samples/test --layers 12 --batch_size 36 --steps 170 --workers 12 --amp --compile \
+            --test_grids 1 2 --log_interval 100000 --save_interval 100000 --root_log_dir "$logs"
+        grep "^profiled" "$OUT_DIR/train.log" | tail -1 >>"$OUT_DIR/summary.txt" ;;
     train_cli_rewritten)  # the same episodes in our format (cheaper to load): is the loader the bottleneck?
         local ours="${TMPDIR:-/tmp}/gpu_check_rewritten"
         part rewrite 120 $PY -m utils.dataset rewrite "$DATA" "$ours" --no_progress

@@ -99,3 +99,23 @@ def test_bench_loader_times_every_batch_it_counts(monkeypatch):
     result = bench_loader.main(bench_loader.parse_args(["--workers", "0", "--steps", "4", "--warmup", "1",
                                                         "--grids", "1"]))
     assert 15 < result["batches_per_s"] <= 20.5
+
+
+def test_profile_cli_profiles_only_the_steps_after_the_skipped_ones(tmp_path, capsys):
+    from bench import profile_cli
+    from tests.train_support import tiny
+    import train_scene_rendering as train
+
+    queue = train.Trainer.train_step
+    argv = ["--skip", "2", "--steps", "3", "--rows", "100000", "--"] + tiny(tmp_path, steps=6, data=SAMPLES,
+                                                                              test_data=SAMPLES)
+    assert profile_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "profiled 3 steps after the first 2" in out
+    # Steps 3, 4 and 5 of 6 ran in the window (ncalls is the first column).
+    calls = [line.split()[0] for line in out.splitlines() if line.endswith("(train_step)")]
+    assert calls == ["3"], calls
+    assert any(line.endswith("(settle)") for line in out.splitlines()), "reading outcomes is in the window"
+    assert train.Trainer.train_step is queue, "the patch is undone"
+    with pytest.raises(SystemExit, match="none after --skip 10"):
+        profile_cli.main(["--skip", "10", "--"] + tiny(tmp_path / "again", steps=2, data=SAMPLES, test_data=SAMPLES))
