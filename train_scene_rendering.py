@@ -6,7 +6,7 @@
 
 What a step sees (episodes, views, grid, shift), its DRAW noise, the learning rate and the pixel sigma
 are pure functions of (seed, step, rank), so a checkpoint needs only the step to continue the same run.
-SIGTERM / Ctrl-C finish the current step, save a checkpoint and exit 0; ``--saved_model auto``
+SIGTERM / Ctrl-C finish the steps already queued (one or two), save a checkpoint and exit 0; ``--saved_model auto``
 picks it up again.
 """
 import argparse
@@ -238,7 +238,7 @@ class StopRequest:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
-        note(f"{self.signal}: finishing this step, then saving a checkpoint")
+        note(f"{self.signal}: finishing the queued steps, then saving a checkpoint")
 
     @property
     def requested(self) -> bool:
