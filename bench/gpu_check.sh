@@ -27,6 +27,9 @@ mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 STEP="$PY bench/bench_step.py --batch_size 36 --layers 12 --img_size 64 --device cuda --steps 10"
+# The training CLI at the benchmark's size, as train_cli and train_profile run it (data and steps apart).
+TRAIN="--test_data_dir data_samples/test --layers 12 --batch_size 36 --workers 12 --amp --compile --test_grids 1 2
+       --log_interval 100000 --save_interval 100000"
 
 part() {  # part NAME SECONDS COMMAND...: run with a limit, append to OUT_DIR/<NAME up to its first _>.log
     local name=$1 limit=$2; shift 2
@@ -42,9 +45,7 @@ part() {  # part NAME SECONDS COMMAND...: run with a limit, append to OUT_DIR/<N
 train_cli() {  # train_cli DATA: 400 steps of the CLI, then its median step time and loader wait
     local logs="${TMPDIR:-/tmp}/gpu_check_logs"  # checkpoints (~0.7 GB at L 12) stay out of OUT_DIR
     rm -rf "$logs"
-    part train_cli 200 $PY train_scene_rendering.py --train_data_dir "$1" --test_data_dir data_samples/test \
-        --layers 12 --batch_size 36 --steps 400 --workers 12 --amp --compile --test_grids 1 2 \
-        --log_interval 100000 --save_interval 100000 --root_log_dir "$logs"
+    part train_cli 200 $PY train_scene_rendering.py --train_data_dir "$1" $TRAIN --steps 400 --root_log_dir "$logs"
     tail -c 800 "$OUT_DIR/train.log" | tr '\r' '\n' | tail -3 >>"$OUT_DIR/summary.txt"
     part train_times 30 $PY bench/step_times.py "$logs/GEN/runs" --skip 40 --batch_size 36
 }
@@ -73,8 +74,7 @@ run_part() {
         local logs="${TMPDIR:-/tmp}/gpu_check_profile"
         rm -rf "$logs"
         part train_profile 240 $PY bench/profile_cli.py --skip 60 --steps 100 --rows 30 -- --train_data_dir "$DATA" \
-            --test_data_dir data_samples/test --layers 12 --batch_size 36 --steps 170 --workers 12 --amp --compile \
-            --test_grids 1 2 --log_interval 100000 --save_interval 100000 --root_log_dir "$logs"
+            $TRAIN --steps 170 --root_log_dir "$logs"
         grep "^profiled" "$OUT_DIR/train.log" | tail -1 >>"$OUT_DIR/summary.txt" ;;
     train_cli_rewritten)  # the same episodes in our format (cheaper to load): is the loader the bottleneck?
         local ours="${TMPDIR:-/tmp}/gpu_check_rewritten"
