@@ -568,8 +568,8 @@ class Trainer:
             record.step_time, record.data_wait, last = now - last, data_wait, now
             calls = self.settle(queued, writer, bar)  # the previous step's
             queued.append(record)
-            if calls or self.step % args.save_interval == 0 or self.step % args.log_interval == 0 \
-                    or self.step == args.steps:
+            at_save, at_log = self.step % args.save_interval == 0, self.step % args.log_interval == 0
+            if calls or at_save or at_log or self.step == args.steps:
                 calls |= self.settle(queued, writer, bar)
             if "bad_files" in calls:
                 self.save()
@@ -581,9 +581,9 @@ class Trainer:
                 self.recover(writer)
             if "stop" in calls:
                 return True
-            if self.step % args.save_interval == 0 and self.step < args.steps:  # the last one: final
+            if at_save and self.step < args.steps:  # the last one: final
                 self.save()
-            if main and self.step % args.log_interval == 0:
+            if main and at_log:
                 self.evaluate(writer, batch)
                 last = time.perf_counter()  # evaluation time is not step time
             fetch_start = time.perf_counter()
