@@ -11,8 +11,9 @@ optimised and the naive step alternate (A B B A ...) so both see the same machin
 reported. The last line printed is one JSON object.
 
 Notes: ``--amp`` (bf16 autocast) applies to both models, ``--compile`` and ``--channels_last`` only to
-ours (the naive reference always runs eager, in the default NCHW layout). On CPU ``peak_mem_mb`` is the process's peak RSS after our model's
-warm-up, taken before the naive model exists; on CUDA it is ``max_memory_allocated`` over our steps.
+ours (the naive reference always runs eager, in the default NCHW layout). On CPU ``peak_mem_mb`` is the
+process's peak RSS after our model's warm-up, taken before the naive model exists; on CUDA it is
+``max_memory_allocated`` over our steps.
 FLOPs (CUDA, or ``--flops`` on CPU) are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one
 eager forward + backward of our model.
 """
