@@ -5,8 +5,8 @@
 Prints one JSON line: the median and fastest ``time_per_step`` after the first ``--skip`` steps (which
 hold torch.compile's compilation and the workers' start), the medians of ``time_data_wait`` (the host
 waiting for the loader) and ``time_device_wait`` (the host waiting for the GPU: near 0 when the host sets
-the pace), and samples/s at the run's batch size if given; then the same per
-hotel size k under ``by_grid`` (each k is its own compiled graph and its own kind of batch).
+the pace), the median step less its loader wait, and samples/s at the run's batch size if given; then
+the same per hotel size k under ``by_grid`` (each k is its own compiled graph and its own kind of batch).
 """
 import argparse
 import json
@@ -32,6 +32,10 @@ def summary(steps, waits: dict, batch_size=None) -> dict:
         known = [values[step] for step, _ in steps if step in values]
         if known:
             result[f"{name}_median"] = round(statistics.median(known), 5)
+    loading = waits.get("time_data_wait", {})
+    if loading:  # the step without its wait for the loader: what the host and GPU take (with --workers 0 too)
+        result["time_per_step_less_data_wait_median"] = round(
+            statistics.median(seconds - loading[step] for step, seconds in steps if step in loading), 5)
     if batch_size:
         result["samples_per_s"] = round(batch_size / median, 1)
     return result

@@ -65,6 +65,7 @@ def test_step_times_reads_medians_after_the_skipped_steps(tmp_path, capsys):
     assert result["time_per_step_min"] == pytest.approx(0.103)
     assert result["time_data_wait_median"] == pytest.approx(0.02)
     assert result["time_device_wait_median"] == pytest.approx(0.05)
+    assert result["time_per_step_less_data_wait_median"] == pytest.approx(0.085)
     assert result["samples_per_s"] == pytest.approx(36 / 0.105, rel=1e-3)
     one, two = result["by_grid"]["1x1"], result["by_grid"]["2x2"]
     assert (one["steps"], two["steps"]) == (3, 2)  # steps 3, 5, 7 and 4, 6
