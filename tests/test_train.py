@@ -270,6 +270,36 @@ def test_torchrun_two_cpu_processes_stay_in_sync_only_rank_0_writes_and_one_proc
     assert any(not torch.equal(resumed["model_state_dict"][k], rank0[k]) for k in rank0), "it trained on"
 
 
+
+@requires_shared
+def test_torchrun_on_two_nodes_with_a_rendezvous_endpoint(scratch):
+    """The README's several-node recipe, both nodes on this machine (one process each, gloo): the
+    rendezvous hands out the ranks, the nodes end in sync, and the one node that got rank 0 alone writes."""
+    dumps = scratch / "dumps"
+    dumps.mkdir()
+    argv = tiny(scratch, "--batch_size", 4, steps=2)
+    env = {**subprocess_env(), train.DUMP_ENV: str(dumps)}
+    launch = [python(), "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+              "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "--rdzv_id", "two-nodes",
+              "--rdzv_conf", "join_timeout=60", SCRIPT, *argv]
+    nodes = [subprocess.Popen(launch, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    try:
+        errors = [node.communicate(timeout=240)[1] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(e[-2000:] for e in errors)
+    assert sum(e.count("done: step 2") for e in errors) == 1, "one node holds rank 0 and reports"
+    assert "Warning" not in "".join(errors)
+    rank0, rank1 = load(dumps / "rank0.pt"), load(dumps / "rank1.pt")
+    for key, value in rank0.items():
+        assert torch.equal(value, rank1[key]), key
+    run_dir = scratch / "run"
+    assert len(list((run_dir / "runs").glob("events.out.tfevents.*"))) == 1
+    assert sorted(p.name for p in (run_dir / "models").iterdir()) == ["checkpoint-final.pt"]
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
 

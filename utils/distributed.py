@@ -10,6 +10,7 @@ per rank instead of a partition of a fixed epoch - training here has no epochs),
 checkpoint needs no per-rank state and resumes under any world size.
 """
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -97,12 +98,18 @@ def _setup_distributed(device_ids: Optional[Sequence[int]]) -> Runtime:
     return Runtime(device, (), rank, world, True)
 
 
+# The only buffers are constant graph indices, built identically everywhere: no need to sync them at
+# every forward. torch 2.14 renamed the option (the old name warns there).
+_NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                   if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
+                   else {"broadcast_buffers": False})
+
+
 def wrap(model: nn.Module, runtime: Runtime) -> nn.Module:
     """The model as this runtime trains it; ``models.scene.unwrap`` gives the bare model back."""
     if runtime.distributed:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        # The only buffers are constant graph indices, built identically everywhere: nothing to broadcast.
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, **_NO_BUFFER_SYNC)
     if len(runtime.device_ids) > 1:
         return nn.DataParallel(model, device_ids=list(runtime.device_ids))
     return model
