@@ -25,8 +25,8 @@ from utils.dataset import EpisodeError  # noqa: E402
 from utils.hotel import HotelSteps, step_loader  # noqa: E402
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_loader_args(p: argparse.ArgumentParser) -> None:
+    """The training loader's settings (what ``training_steps`` and ``step_loader`` take)."""
     add_data_dir(p)
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes, as in training")
     p.add_argument("--batch_size", type=int, default=36, help="mazes per step, as in training")
@@ -35,11 +35,17 @@ def parse_args(argv=None):
     p.add_argument("--grids", type=int, nargs="+", default=[1, 2], help="train grids k drawn per step")
     p.add_argument("--steps", type=int, default=60, help="timed batches")
     p.add_argument("--warmup", type=int, default=None, help="untimed first batches (default: 2 per worker, at least 2)")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_loader_args(p)
     p.add_argument("--pin_memory", action="store_true", help="pinned batches, as training on a GPU uses")
     return p.parse_args(argv)
 
 
-def main(args) -> dict:
+def training_steps(args) -> HotelSteps:
+    """The training loader's dataset for these arguments; bad arguments exit with a one-line error."""
     if args.workers < 0 or args.steps < 1:
         raise SystemExit("error: --workers must be >= 0 and --steps >= 1")
     try:
@@ -51,6 +57,11 @@ def main(args) -> dict:
         k = too_big[0]
         raise SystemExit(f"error: a {k}x{k} hotel needs {k * k} distinct mazes: more than --batch_size "
                          f"{args.batch_size} or the {len(steps.paths)} episodes in {args.data_dir}")
+    return steps
+
+
+def main(args) -> dict:
+    steps = training_steps(args)
     warmup = args.warmup if args.warmup is not None else max(2, 2 * args.workers)
     if warmup < 1:
         raise SystemExit("error: --warmup must be >= 1 (the clock starts when the last warm-up batch arrives)")

@@ -15,7 +15,8 @@ ours (the naive reference always runs eager, in the default NCHW layout). On CPU
 process's peak RSS after our model's warm-up, taken before the naive model exists; on CUDA it is
 ``max_memory_allocated`` over our steps.
 FLOPs (CUDA, or ``--flops`` on CPU) are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one
-eager forward + backward of our model.
+eager forward + backward of our model, and so are the aten ops it dispatches (``aten_ops_fwd_bwd``: what
+an eager step launches, apart from Adam's few fused kernels).
 """
 import argparse
 import json
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -109,13 +111,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def count_flops(stepper: Stepper, model) -> int:
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched: eager, about one kernel launch each (views aside)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_work(stepper: Stepper, model):
+    """FLOPs and aten ops of one eager forward + backward: (flops, ops)."""
     from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with counter:
+    flops, ops = FlopCounterMode(display=False), OpCounter()
+    with flops, ops:
         stepper.loss(model).backward()
     stepper.optimizer.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
+    return flops.get_total_flops(), ops.ops
 
 
 def profile_table(stepper: Stepper, rows: int) -> str:
@@ -224,11 +239,11 @@ def main(args) -> dict:
         # when the machine's load drifts.
         result["paired_ratio_median"] = round(statistics.median(a / b for a, b in zip(times, naive_times)), 3)
     if device.type == "cuda" or args.flops:
-        flops = count_flops(ours, eager)
+        flops, result["aten_ops_fwd_bwd"] = count_work(ours, eager)
         result["gflop_per_step"] = round(flops / 1e9, 1)
         result["tflops"] = round(flops / median / 1e12, 3)
         if naive is not None:
-            result["naive_gflop_per_step"] = round(count_flops(naive, naive.model) / 1e9, 1)
+            result["naive_gflop_per_step"] = round(count_work(naive, naive.model)[0] / 1e9, 1)
         peak = bf16_peak_tflops(device)
         if device.type == "cuda":
             result["fraction_of_bf16_peak"] = round(result["tflops"] / peak, 4) if peak else None

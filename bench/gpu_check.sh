@@ -7,6 +7,8 @@
 #                 channels-last, torch.compile (default and reduce-overhead; 1x1 and 2x2 hotels), against
 #                 the naive reference where ours runs eager; TFLOP/s and the fraction of bf16 peak
 #   loader        the training loader's throughput with 4, 8 and 12 workers, to compare with step throughput
+#   host          kernel launches timed alone and beside the training loader (its workers; its pin-memory
+#                 thread): what the loader costs a host-bound training loop (bench/bench_host.py)
 #   train_cli     the training CLI itself on the GPU with --amp --compile for 400 steps (1x1 and 2x2 hotels),
 #                 then its median step time and loader wait (bench/step_times.py)
 #   train_cli_rewritten  the same on DATA_DIR rewritten into our format (python -m utils.dataset rewrite)
@@ -22,7 +24,7 @@
 set -u
 DATA=${1:?usage: bash bench/gpu_check.sh DATA_DIR [OUT_DIR]}
 OUT_DIR=${2:-gpu_check_out}
-PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader step_amp_compile step_amp_compile_2x2 step_amp_compile_ro train_cli train_profile train_cli_rewritten"}
+PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader host step_amp_compile step_amp_compile_2x2 step_amp_compile_ro train_cli train_profile train_cli_rewritten"}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -65,6 +67,9 @@ run_part() {
             part loader 45 $PY bench/bench_loader.py --data_dir "$DATA" --workers $workers --batch_size 36 \
                 --steps 40 --pin_memory
         done ;;
+    host)  # does the loader slow the host's launches, and is it its workers or its pin-memory thread?
+        part host 90 $PY bench/bench_host.py --data_dir "$DATA" --workers 12 --batch_size 36 --device cuda
+        grep -E '^ *(alone|main_pin|pin_thread):' "$OUT_DIR/host.log" | tail -4 >>"$OUT_DIR/summary.txt" ;;
     step_amp_compile) part step_amp_compile 120 $STEP --grid 1 --amp --channels_last --compile --no-naive --profile 25 ;;
     step_amp_compile_2x2) part step_amp_compile_2x2 120 $STEP --grid 2 --amp --channels_last --compile --no-naive ;;
     step_amp_compile_ro) part step_amp_compile_ro 120 $STEP --grid 1 --amp --channels_last --compile reduce-overhead \

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from bench import bench_data, bench_loader, bench_step
+import torch
+
+from bench import bench_data, bench_host, bench_loader, bench_step
 from tests.conftest import REPO_ROOT
 
 SAMPLES = REPO_ROOT / "data_samples" / "train"
@@ -18,8 +20,30 @@ def test_bench_step_reports_time_speedup_and_flops(capsys):
                                                                                      rel=1e-2)
     assert result["speedup_vs_naive"] > 0
     assert 0 < result["gflop_per_step"] < result["naive_gflop_per_step"]  # the optimised model does less work
+    assert result["aten_ops_fwd_bwd"] > 10 * 2  # every layer runs several ops forward and backward
     assert "cpu_target" not in result  # only the configuration is judged against the target
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
+
+
+def test_the_op_counter_counts_each_aten_op_once():
+    with bench_step.OpCounter() as counter:
+        torch.ones(2).add(1).mul(2)
+    assert counter.ops == 3
+
+
+def test_bench_host_times_launches_alone_and_beside_the_loader(capsys):
+    args = bench_host.parse_args(["--data_dir", str(SAMPLES), "--workers", "0", "--batch_size", "4", "--img_size",
+                                  "16", "--context_views", "2", "--steps", "2", "--warmup", "1", "--ops", "5",
+                                  "--device", "cpu"])
+    result = bench_host.main(args)
+    rows = result["setups"]
+    assert [row["setup"] for row in rows] == ["alone", "main_pin", "pin_thread", "alone"]
+    assert all(row["launch_ms"] > 0 for row in rows)
+    # Only the loader setups decode a batch per iteration (in-process: --workers 0).
+    assert min(rows[1]["fetch_ms"], rows[2]["fetch_ms"]) > max(rows[0]["fetch_ms"], rows[3]["fetch_ms"])
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
+    with pytest.raises(SystemExit):
+        bench_host.parse_args(["--ops", "0"])
 
 
 @pytest.mark.parametrize("workers", [0, 1])
