@@ -46,6 +46,7 @@ def parse_args(argv=None):
     add_loader_args(p)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--ops", type=int, default=3300, help="one-element kernel launches per iteration")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.ops < 1:
         p.error("--ops must be at least 1")
@@ -95,6 +96,8 @@ def time_setup(setup: str, steps, args, device) -> dict:
 
 def main(args) -> dict:
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     steps = training_steps(args)
     results = [time_setup(setup, steps, args, device) for setup in SETUPS]
     for row in results:
@@ -103,7 +106,7 @@ def main(args) -> dict:
         "setups": results,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "config": {k: getattr(args, k) for k in ("workers", "batch_size", "img_size", "context_views", "grids",
-                                                  "steps", "ops")},
+                                                  "steps", "ops")} | {"threads": torch.get_num_threads()},
     }
     print(json.dumps(result))
     return result
