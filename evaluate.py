@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from models.scene import SceneModel
+from utils import command
 from utils.checkpoint import CheckpointError, model_from_checkpoint
 from utils.dataset import EpisodeError, list_episodes, load_episode, to_unit
 from utils.hotel import WORLD_MAZES, HotelBatch, StepPlan, build_hotels, plan_step
@@ -456,13 +457,7 @@ def main(args) -> List[dict]:
 
 def cli(argv=None) -> int:
     """The command line: 0 on success; bad inputs print one line to stderr and return 2."""
-    args = parse_args(argv)
-    try:
-        main(args)
-    except (CheckpointError, EpisodeError, EvaluationError) as error:
-        print(f"evaluate.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return command.run("evaluate.py", parse_args, main, (CheckpointError, EpisodeError, EvaluationError), argv)
 
 
 if __name__ == "__main__":

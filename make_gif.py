@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from models.structure import CELL, SPACING
 from evaluate import run_name
+from utils import command
 from utils.checkpoint import CheckpointError, model_from_checkpoint
 from utils.dataset import EPISODE_SUFFIXES, EpisodeError, decode_views, list_episodes, load_episode
 from utils.hotel import POSE_EXTENT, WORLD_MAZES, maze_cells, maze_to_world, world_poses
@@ -383,13 +384,7 @@ def main(args) -> Tour:
 
 def cli(argv=None) -> int:
     """The command line: 0 on success; bad inputs print one line to stderr and return 2."""
-    args = parse_args(argv)
-    try:
-        main(args)
-    except (CheckpointError, EpisodeError, TourError) as error:
-        print(f"make_gif.py: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return command.run("make_gif.py", parse_args, main, (CheckpointError, EpisodeError, TourError), argv)
 
 
 if __name__ == "__main__":
