@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from tqdm import tqdm
@@ -254,10 +254,20 @@ def _worker_init(_):
 
 # ----------------------------------------------------------------------------- training
 
+class StepStats(NamedTuple):
+    """A step's statistics summed over the ranks, in the order ``Trainer.train_step`` stacks them."""
+    loss: float
+    kl: float
+    grad_norm: float
+    bad_files: float  # damaged episodes met so far
+    stop: float  # ranks asked to stop
+    own_loss: float  # rank 0's own loss (the other ranks add 0)
+
+
 @dataclass
 class QueuedStep:
-    """A step handed to the device, and its statistics summed over the ranks: loss, kl, grad norm,
-    damaged episodes, stop requests, rank 0's loss. On a GPU they come back by an asynchronous copy."""
+    """A step handed to the device, and its ``StepStats`` as a tensor. On a GPU they come back by an
+    asynchronous copy."""
 
     step: int  # steps done once it has run: its x in TensorBoard
     grid: int
@@ -276,10 +286,10 @@ class QueuedStep:
             self.copied = torch.cuda.Event()
             self.copied.record()
 
-    def values(self) -> list:
+    def values(self) -> StepStats:
         if self.copied is not None:
             self.copied.synchronize()  # waits for this step only, not for the ones queued after it
-        return self.stats.tolist()
+        return StepStats(*self.stats.tolist())
 
 
 class Trainer:
@@ -452,20 +462,21 @@ class Trainer:
         calls = {}
         for record in queued:
             started = time.perf_counter()
-            loss, kl, norm, bad, stop, own_loss = record.values()
+            stats = record.values()
             # Near 0 with a GPU: the host, not the GPU, sets the pace (the GPU idles between steps).
             record.device_wait = time.perf_counter() - started
-            finite = math.isfinite(loss) and math.isfinite(norm)  # identical on every rank: reduced values
+            # Identical on every rank: reduced values.
+            finite = math.isfinite(stats.loss) and math.isfinite(stats.grad_norm)
             self.skipped_steps += not finite
             self.bad_run = 0 if finite else self.bad_run + 1
-            self.log_step(writer, record, finite, loss / world, kl / world, norm / world, own_loss, bad)
-            bar.set_postfix(loss=f"{loss / world:.1f}", grid=f"{record.grid}x{record.grid}", refresh=False)
+            self.log_step(writer, record, stats, finite)
+            bar.set_postfix(loss=f"{stats.loss / world:.1f}", grid=f"{record.grid}x{record.grid}", refresh=False)
             bar.update()
-            if bad > args.max_bad_files * self.n_episodes:
-                calls["bad_files"] = int(bad)
+            if stats.bad_files > args.max_bad_files * self.n_episodes:
+                calls["bad_files"] = int(stats.bad_files)
             if self.bad_run >= args.max_bad_steps:
                 calls["recover"] = True
-            if stop > 0:
+            if stats.stop > 0:
                 calls["stop"] = True
         queued.clear()
         return calls
@@ -589,20 +600,20 @@ class Trainer:
             fetch_start = time.perf_counter()
         return False
 
-    def log_step(self, writer, record, finite, loss, kl, grad_norm, own_loss, bad_files):
-        step, k = record.step, record.grid
+    def log_step(self, writer, record: QueuedStep, stats: StepStats, finite: bool):
+        step, k, world = record.step, record.grid, self.runtime.world
         if finite:
-            writer.add_scalar(f"train/loss_{k}x{k}", own_loss, step)
-            writer.add_scalar("train/loss", loss, step)
-            writer.add_scalar("train/kl", kl, step)
-            writer.add_scalar("grad_norm", grad_norm, step)
+            writer.add_scalar(f"train/loss_{k}x{k}", stats.own_loss, step)
+            writer.add_scalar("train/loss", stats.loss / world, step)  # means over the ranks
+            writer.add_scalar("train/kl", stats.kl / world, step)
+            writer.add_scalar("grad_norm", stats.grad_norm / world, step)
         writer.add_scalar("lr", record.lr, step)
         writer.add_scalar("sigma", record.sigma, step)
         writer.add_scalar("time_per_step", record.step_time, step)
         writer.add_scalar("time_data_wait", record.data_wait, step)
         writer.add_scalar("time_device_wait", record.device_wait, step)
         writer.add_scalar("train/skipped_steps", self.skipped_steps, step)
-        writer.add_scalar("data/skipped_episodes", bad_files, step)
+        writer.add_scalar("data/skipped_episodes", stats.bad_files, step)
 
     def dump_for_tests(self):
         directory = os.environ.get(DUMP_ENV)
