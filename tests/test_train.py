@@ -315,10 +315,14 @@ def on_gpu(root, *extra, steps):
 @needs_cuda
 def test_a_training_step_never_waits_for_the_gpu(scratch, monkeypatch):
     """The host hands steps to the GPU without a sync (torch's sync debug mode makes one an error): outcomes
-    are read a step late, a non-finite step is left out on the device."""
+    are read a step late, a non-finite step is left out on the device. The sync debug mode does not see
+    the wait hidden in copying a strided or pageable tensor to the GPU, so the batches are checked too."""
     queue = train.Trainer.train_step
 
     def strict(self, batch, stop):
+        for name, value in batch._asdict().items():
+            if isinstance(value, torch.Tensor):
+                assert value.is_pinned() and value.is_contiguous(), name
         torch.cuda.set_sync_debug_mode("error")
         try:
             return queue(self, batch, stop)

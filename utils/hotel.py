@@ -82,7 +82,8 @@ class HotelBatch(NamedTuple):
     """One step's tensors. N hotels, M = k^2 mazes each, C context views per maze, S image size.
 
     Frames stay uint8 pixels until ``model_inputs``: a quarter of float32's bytes to pass from a loader
-    worker, pin and copy to the GPU, which makes them floats itself."""
+    worker, pin and copy to the GPU, which makes them floats itself. Every tensor is contiguous, so that
+    once pinned its copy to the GPU is asynchronous."""
     context_frames: torch.Tensor  # (N, M * C, 3, S, S) uint8
     context_poses: torch.Tensor  # (N, M * C, 7) world coordinates
     query_frames: torch.Tensor  # (N, M, 3, S, S) uint8
@@ -113,8 +114,12 @@ def build_hotels(plan: StepPlan, load, img_size: int, raw: bool = False) -> Hote
             poses.append(world_poses(cameras, cells[m], plan.origin[h], raw))  # (C + 1, 7)
     frames = torch.stack(frames).view(hotels, mazes, views, 3, img_size, img_size)
     poses = torch.stack(poses).view(hotels, mazes, views, 7)
-    return HotelBatch(frames[:, :, :-1].flatten(1, 2), poses[:, :, :-1].flatten(1, 2),
-                      frames[:, :, -1], poses[:, :, -1], plan.origin, plan.grid, ())
+    # Every tensor contiguous: a strided tensor's copy to the GPU goes through a pageable temporary,
+    # which makes the host wait for the GPU to finish its queued work (the previous training step).
+    context = lambda t: t[:, :, :-1].flatten(1, 2).contiguous()  # noqa: E731
+    query = lambda t: t[:, :, -1].contiguous()  # noqa: E731
+    return HotelBatch(context(frames), context(poses), query(frames), query(poses), plan.origin.contiguous(),
+                      plan.grid, ())
 
 
 class HotelSteps(torch.utils.data.Dataset):
