@@ -334,6 +334,28 @@ def test_a_training_step_never_waits_for_the_gpu(scratch, monkeypatch):
 
 
 @needs_cuda
+def test_training_copies_to_the_gpu_only_from_pinned_memory(scratch, monkeypatch):
+    """What the check above is for, seen in the profiler's trace: a copy from pageable memory (a strided or
+    unpinned batch) would show as "Memcpy HtoD (Pageable -> Device)"."""
+    from torch.profiler import ProfilerActivity, profile
+    copies = []
+    queue = train.Trainer.train_step
+
+    def traced(self, batch, stop):
+        if self.step == 0:  # the first step also sets things up (Adam's state, the RNG): steady state only
+            return queue(self, batch, stop)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as trace:
+            queued = queue(self, batch, stop)
+            torch.cuda.synchronize()
+        copies.extend(event.name for event in trace.events() if "Memcpy HtoD" in event.name)
+        return queued
+
+    monkeypatch.setattr(train.Trainer, "train_step", traced)
+    assert train.main(on_gpu(scratch, steps=4)) == 0
+    assert copies, "no host-to-device copy in the trace: has the profiler renamed them?"
+    assert not [name for name in copies if "Pageable" in name], sorted(set(copies))
+
+@needs_cuda
 def test_on_a_gpu_a_recovery_and_a_resume_restore_adam_into_channels_last_weights(scratch, monkeypatch):
     """Checkpoints hold plain-layout tensors; the GPU's weights are channels-last (fused Adam refuses a
     mismatch). A blow-up after a checkpoint reloads it; then the run resumes from its newest checkpoint."""
