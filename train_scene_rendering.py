@@ -255,7 +255,7 @@ def _worker_init(_):
 # ----------------------------------------------------------------------------- training
 
 class StepStats(NamedTuple):
-    """A step's statistics summed over the ranks, in the order ``Trainer.train_step`` stacks them."""
+    """A step's statistics (device scalars in ``Trainer.train_step``, then floats), summed over the ranks."""
     loss: float
     kl: float
     grad_norm: float
@@ -445,14 +445,17 @@ class Trainer:
                 self.bad_files.add(path)
                 note(f"warning: skipped damaged episode {path}")
         # Host values become device scalars by a fill, not a copy (a blocking copy would sync).
-        flags = [torch.full((), float(v), device=device) for v in (len(self.bad_files), stop.requested)]
+        scalar = lambda value: torch.full((), float(value), device=device)  # noqa: E731
         loss = loss.detach()
-        # Rank 0's own loss (the others add 0) for train/loss_{k}x{k}, which is logged for rank 0's grid.
-        own = loss * float(runtime.is_main)
-        stats = torch.stack([loss, losses.kl.detach().float().mean(), grad_norm.to(device), *flags, own]).float()
+        stats = torch.stack(StepStats(
+            loss=loss, kl=losses.kl.detach().float().mean(), grad_norm=grad_norm.to(device),
+            bad_files=scalar(len(self.bad_files)), stop=scalar(stop.requested),
+            # Rank 0's own loss (the others add 0) for train/loss_{k}x{k}, logged for rank 0's grid.
+            own_loss=loss * float(runtime.is_main))).float()
         # Every rank must agree on the step's outcome: everything is summed over the ranks.
         stats = distributed.reduce_sum(stats, runtime)
-        optimizer.step_unless(self.optimizer, (~torch.isfinite(stats[0:3:2])).any().float())  # loss, norm
+        summed = StepStats(*stats.unbind())  # views: no copy, no sync
+        optimizer.step_unless(self.optimizer, (~(summed.loss.isfinite() & summed.grad_norm.isfinite())).float())
         return QueuedStep(step + 1, batch.grid, lr, sigma, stats)
 
     def settle(self, queued: list, writer, bar) -> dict:

@@ -99,7 +99,8 @@ def _setup_distributed(device_ids: Optional[Sequence[int]]) -> Runtime:
 
 
 # The only buffers are constant graph indices, built identically everywhere: no need to sync them at
-# every forward. torch 2.14 renamed the option (the old name warns there).
+# every forward (forward_sync_buffers=False still broadcasts them once at the start, which is harmless).
+# torch 2.13 renamed the option; the old name warns from then on.
 _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
                    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
                    else {"broadcast_buffers": False})

@@ -102,24 +102,26 @@ class HotelBatch(NamedTuple):
 
 def build_hotels(plan: StepPlan, load, img_size: int, raw: bool = False) -> HotelBatch:
     """Decode the planned views. ``load(episode_index) -> Episode`` (may substitute bad files)."""
-    hotels, mazes, views = plan.views.shape
+    hotels, mazes, _ = plan.views.shape
     cells = maze_cells(plan.grid)
-    frames, poses = [], []
+    context_frames, context_poses, query_frames, query_poses = [], [], [], []
     for h in range(hotels):
         for m in range(mazes):
             episode = load(int(plan.episodes[h, m]))
             indices = (plan.views[h, m] * len(episode.frames)).long().clamp(max=len(episode.frames) - 1)
-            frames.append(decode_pixels(episode, indices.tolist(), img_size))  # (C + 1, 3, S, S)
-            cameras = torch.as_tensor(episode.cameras)[indices]
-            poses.append(world_poses(cameras, cells[m], plan.origin[h], raw))  # (C + 1, 7)
-    frames = torch.stack(frames).view(hotels, mazes, views, 3, img_size, img_size)
-    poses = torch.stack(poses).view(hotels, mazes, views, 7)
-    # Every tensor contiguous: a strided tensor's copy to the GPU goes through a pageable temporary,
-    # which makes the host wait for the GPU to finish its queued work (the previous training step).
-    context = lambda t: t[:, :, :-1].flatten(1, 2).contiguous()  # noqa: E731
-    query = lambda t: t[:, :, -1].contiguous()  # noqa: E731
-    return HotelBatch(context(frames), context(poses), query(frames), query(poses), plan.origin.contiguous(),
-                      plan.grid, ())
+            frames = decode_pixels(episode, indices.tolist(), img_size)  # (C + 1, 3, S, S), the query last
+            poses = world_poses(torch.as_tensor(episode.cameras)[indices], cells[m], plan.origin[h], raw)
+            context_frames.append(frames[:-1])
+            query_frames.append(frames[-1])
+            context_poses.append(poses[:-1])
+            query_poses.append(poses[-1])
+    # cat and stack make every tensor contiguous: pinned, its copy to the GPU is then asynchronous (a
+    # strided one is copied through a pageable temporary, and a copy from pageable memory may wait for
+    # the GPU to finish its queued work).
+    image = (3, img_size, img_size)
+    return HotelBatch(torch.cat(context_frames).view(hotels, -1, *image), torch.cat(context_poses).view(hotels, -1, 7),
+                      torch.stack(query_frames).view(hotels, mazes, *image),
+                      torch.stack(query_poses).view(hotels, mazes, 7), plan.origin, plan.grid, ())
 
 
 class HotelSteps(torch.utils.data.Dataset):
