@@ -11,7 +11,8 @@ the paper's size dispatches about 3,300 aten ops: ``bench_step.py``'s ``aten_ops
   main_pin    the training loader's workers, no pin-memory thread: the main thread takes each batch and
               pins it itself (on CUDA)
   pin_thread  the training loader exactly as the CLI builds it (``step_loader``, pinned on CUDA: the
-              DataLoader's pin-memory thread; without CUDA there is none and this equals main_pin)
+              DataLoader's pin-memory thread; without CUDA or with --workers 0 there is none, and this
+              equals main_pin)
   alone       again, to see drift
 
 Per setup, medians over ``--steps`` iterations after ``--warmup``: ``launch_ms`` (copy + launches, host
@@ -35,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_loader import add_loader_args, training_steps  # noqa: E402
+from bench.bench_loader import add_loader_args, training_steps, warmup_batches  # noqa: E402
 from utils.hotel import step_loader  # noqa: E402
 
 SETUPS = ("alone", "main_pin", "pin_thread", "alone")
@@ -61,13 +62,14 @@ def pinned(batch):
 
 def time_setup(setup: str, steps, args, device) -> dict:
     cuda = device.type == "cuda"
-    warmup = args.warmup if args.warmup is not None else max(2, 2 * args.workers)
+    warmup = warmup_batches(args)
     batches = None
     if setup == "alone":
         fixed = steps[0]
         fixed = pinned(fixed) if cuda else fixed
     else:
-        loader = step_loader(steps, range(warmup + args.steps), args.workers,
+        # More steps than are timed: the workers keep working (2 batches ahead each) to the last timed one.
+        loader = step_loader(steps, range(warmup + args.steps + 2 * args.workers), args.workers,
                              pin_memory=cuda and setup == "pin_thread")
         batches = iter(loader)
     x = torch.zeros(1, device=device)

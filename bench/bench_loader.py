@@ -60,11 +60,17 @@ def training_steps(args) -> HotelSteps:
     return steps
 
 
-def main(args) -> dict:
-    steps = training_steps(args)
+def warmup_batches(args) -> int:
+    """Untimed first batches: ``--warmup``, by default 2 per worker (their start-up), at least 2."""
     warmup = args.warmup if args.warmup is not None else max(2, 2 * args.workers)
     if warmup < 1:
         raise SystemExit("error: --warmup must be >= 1 (the clock starts when the last warm-up batch arrives)")
+    return warmup
+
+
+def main(args) -> dict:
+    steps = training_steps(args)
+    warmup = warmup_batches(args)
     loader = step_loader(steps, range(warmup + args.steps), args.workers, pin_memory=args.pin_memory)
     samples = 0
     for i, batch in enumerate(loader):

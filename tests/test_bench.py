@@ -3,10 +3,10 @@ numbers themselves are measured on purpose-run machines, not here)."""
 import json
 
 import pytest
-
 import torch
 
 from bench import bench_data, bench_host, bench_loader, bench_step
+from models.scene import ModelConfig, SceneModel
 from tests.conftest import REPO_ROOT
 
 SAMPLES = REPO_ROOT / "data_samples" / "train"
@@ -20,20 +20,26 @@ def test_bench_step_reports_time_speedup_and_flops(capsys):
                                                                                      rel=1e-2)
     assert result["speedup_vs_naive"] > 0
     assert 0 < result["gflop_per_step"] < result["naive_gflop_per_step"]  # the optimised model does less work
-    assert result["aten_ops_fwd_bwd"] > 10 * 2  # every layer runs several ops forward and backward
+    assert result["aten_ops_fwd_bwd"] > 0
     assert "cpu_target" not in result  # only the issue's configuration is judged against the target
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
 
 
-def test_the_op_counter_counts_each_aten_op_once():
+def test_the_op_counter_counts_each_aten_op_once_and_a_deeper_model_dispatches_more():
     with bench_step.OpCounter() as counter:
         torch.ones(2).add(1).mul(2)
     assert counter.ops == 3
+    batch = bench_step.synthetic_batch(2, 1, 16, 2, "cpu")
+    ops = []
+    for layers in (1, 2):
+        model = SceneModel(ModelConfig(img_size=16, layers=layers))
+        ops.append(bench_step.count_work(bench_step.Stepper(model, batch, torch.device("cpu"), amp=False), model)[1])
+    assert ops[0] < ops[1]
 
 
 def test_bench_host_times_launches_alone_and_beside_the_loader(capsys):
     args = bench_host.parse_args(["--data_dir", str(SAMPLES), "--workers", "0", "--batch_size", "4", "--img_size",
-                                  "16", "--context_views", "2", "--steps", "2", "--warmup", "1", "--ops", "5",
+                                  "16", "--context_views", "2", "--steps", "2", "--warmup", "1", "--ops", "300",
                                   "--device", "cpu"])
     result = bench_host.main(args)
     rows = result["setups"]
@@ -44,6 +50,7 @@ def test_bench_host_times_launches_alone_and_beside_the_loader(capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
     with pytest.raises(SystemExit):
         bench_host.parse_args(["--ops", "0"])
+    assert "--ops must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("workers", [0, 1])
