@@ -440,11 +440,10 @@ def test_a_training_batch_carries_uint8_pixels_and_the_model_gets_decode_views_f
     assert torch.equal(context[0], decode_views(episode, indices[:-1], 32))
 
 
-
 @pytest.mark.parametrize("grid", [1, 2, 3])
 def test_every_tensor_of_a_training_batch_is_contiguous(grid):
-    """Pinned and contiguous, a tensor's copy to the GPU is asynchronous; a strided one goes through a
-    pageable temporary, and the host waits for the GPU to finish the previous step (torch's copy_)."""
+    """Pinned and contiguous, a tensor's copy to the GPU is asynchronous; torch's copy_ sends a strided
+    one through a pageable temporary, and a copy from pageable memory may wait for the GPU's queued work."""
     from utils.hotel import HotelSteps
     steps = HotelSteps(REPO_ROOT / "data_samples" / "train", img_size=16, batch_size=9, grids=[grid],
                        context_views=2, seed=0)
@@ -452,6 +451,7 @@ def test_every_tensor_of_a_training_batch_is_contiguous(grid):
     for name, value in batch._asdict().items():
         if isinstance(value, torch.Tensor):
             assert value.is_contiguous(), name
+
 
 @requires_shared
 def test_decode_shared_views_match_pil_resize():
