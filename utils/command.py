@@ -1,4 +1,4 @@
-"""How the tools' command lines end: a user error is one line on stderr and exit status 2, never a traceback."""
+"""How evaluate.py and make_gif.py end: a user error is one line on stderr and exit status 2, never a traceback."""
 import sys
 from typing import Callable, Optional, Sequence, Tuple, Type
 
