@@ -239,6 +239,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def assert_two_ranks_in_sync_and_rank_0_alone_wrote(dumps, run_dir) -> dict:
+    """Both ranks' final weights (dumped through DUMP_ENV) are identical, and rank 0 alone left a log and a
+    checkpoint. Returns rank 0's weights."""
+    rank0, rank1 = load(dumps / "rank0.pt"), load(dumps / "rank1.pt")
+    for key, value in rank0.items():
+        assert torch.equal(value, rank1[key]), key
+    assert len(list((run_dir / "runs").glob("events.out.tfevents.*"))) == 1, "rank 0 alone logs"
+    assert sorted(p.name for p in (run_dir / "models").iterdir()) == ["checkpoint-final.pt"]
+    return rank0
+
+
 @requires_shared
 def test_torchrun_two_cpu_processes_stay_in_sync_only_rank_0_writes_and_one_process_resumes(scratch):
     dumps = scratch / "dumps"
@@ -250,15 +261,11 @@ def test_torchrun_two_cpu_processes_stay_in_sync_only_rank_0_writes_and_one_proc
                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), SCRIPT, *argv],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    rank0, rank1 = load(dumps / "rank0.pt"), load(dumps / "rank1.pt")
+    run_dir = scratch / "run"
+    rank0 = assert_two_ranks_in_sync_and_rank_0_alone_wrote(dumps, run_dir)
     torch.manual_seed(0)
     initial = SceneModel(ModelConfig(img_size=16, layers=2)).state_dict()
     assert any(not torch.equal(initial[k], rank0[k]) for k in rank0), "the ranks trained"
-    for key, value in rank0.items():
-        assert torch.equal(value, rank1[key]), key
-    run_dir = scratch / "run"
-    assert len(list((run_dir / "runs").glob("events.out.tfevents.*"))) == 1, "rank 0 alone logs"
-    assert sorted(p.name for p in (run_dir / "models").iterdir()) == ["checkpoint-final.pt"]
     assert load(run_dir / "models" / "checkpoint-final.pt")["args"]["batch_size"] == 4
     assert run.stderr.count("done: step 2") == 1
     scalars, _ = read_events(run_dir / "runs")
@@ -301,12 +308,7 @@ def test_torchrun_on_two_nodes_with_a_rendezvous_endpoint(scratch):
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(e[-2000:] for e in errors)
     assert sum(e.count("done: step 2") for e in errors) == 1, "one node holds rank 0 and reports"
     assert "broadcast_buffers" not in "".join(errors), "DDP's deprecation warning"
-    rank0, rank1 = load(dumps / "rank0.pt"), load(dumps / "rank1.pt")
-    for key, value in rank0.items():
-        assert torch.equal(value, rank1[key]), key
-    run_dir = scratch / "run"
-    assert len(list((run_dir / "runs").glob("events.out.tfevents.*"))) == 1
-    assert sorted(p.name for p in (run_dir / "models").iterdir()) == ["checkpoint-final.pt"]
+    assert_two_ranks_in_sync_and_rank_0_alone_wrote(dumps, scratch / "run")
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
