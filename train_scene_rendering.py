@@ -34,6 +34,7 @@ from utils.hotel import WORLD_MAZES, HotelSteps, step_key, step_loader
 PROG = "train_scene_rendering.py"
 AUTO = "auto"
 DUMP_ENV = "GEN_TEST_DUMP_DIR"  # tests only: each rank writes its final weights there (DDP sync test)
+COMPILE_MODES = ("default", "reduce-overhead")  # torch.compile modes for --compile
 
 # Tests only: ``_loss_hook(step, loss) -> loss`` replaces the step's loss (to inject NaN); never a CLI flag.
 _loss_hook = None
@@ -135,8 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "given with no ids: CPU")
     devices.add_argument("--amp", action="store_true",
                          help="bf16 autocast for the training step's forward (meant for GPUs; test losses stay fp32)")
-    devices.add_argument("--compile", action="store_true",
-                         help="torch.compile the training step's model (one GPU or torchrun; not DataParallel)")
+    devices.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                         metavar="MODE",
+                         help="torch.compile the training step's model (one GPU or torchrun; not DataParallel); "
+                              "MODE reduce-overhead also replays the step as CUDA graphs (fewer kernel launches "
+                              "for the host to make)")
     return p
 
 
@@ -324,7 +328,8 @@ class Trainer:
         self.wrapped = distributed.wrap(self.model, runtime)
         # The model the training step runs; evaluation and image summaries use the eager fp32 model.
         # dynamic=False: one static graph per hotel size k (each has its own shapes), compiled once.
-        self.step_model = torch.compile(self.wrapped, dynamic=False) if args.compile else self.wrapped
+        self.step_model = (torch.compile(self.wrapped, dynamic=False, mode=args.compile) if args.compile else
+                           self.wrapped)
         self.good = self.snapshot()  # what a blow-up goes back to: the last checkpoint's state
         self.saved_step = None
 
@@ -430,12 +435,16 @@ class Trainer:
             group["lr"] = lr
         # A float sigma would be a constant of the compiled graph: a recompile at every step.
         sigma_arg = torch.full((), sigma, device=device) if args.compile else sigma
+        # Before the forward: the last step's gradients (CUDA graph outputs under reduce-overhead, which
+        # this step's replay overwrites) are dropped, not read after their memory is reused.
+        self.optimizer.zero_grad(set_to_none=True)
+        if args.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
             losses = self.step_model(*batch.model_inputs(device), sigma_arg)
         loss = losses.loss.float().mean()
         if _loss_hook is not None:
             loss = _loss_hook(step, loss)
-        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         parameters = self.model.parameters()
         grad_norm = (torch.nn.utils.clip_grad_norm_(parameters, args.clip_grad) if args.clip_grad else
