@@ -11,6 +11,7 @@
 #                 thread): what the loader costs a host-bound training loop (bench/bench_host.py)
 #   train_cli     the training CLI itself on the GPU with --amp --compile for 400 steps (1x1 and 2x2 hotels),
 #                 then its median step time and loader wait (bench/step_times.py)
+#   train_cli_graphs     the same with --compile reduce-overhead (each step replayed as CUDA graphs)
 #   train_cli_rewritten  the same on DATA_DIR rewritten into our format (python -m utils.dataset rewrite)
 #   train_profile the CLI's host time per step by function, steps 61-160 only (bench/profile_cli.py)
 #
@@ -24,30 +25,33 @@
 set -u
 DATA=${1:?usage: bash bench/gpu_check.sh DATA_DIR [OUT_DIR]}
 OUT_DIR=${2:-gpu_check_out}
-PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader host step_amp_compile step_amp_compile_2x2 step_amp_compile_ro train_cli train_profile train_cli_rewritten"}
+PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader host step_amp_compile step_amp_compile_2x2 step_amp_compile_ro train_cli train_cli_graphs train_profile train_cli_rewritten"}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 STEP="$PY bench/bench_step.py --batch_size 36 --layers 12 --img_size 64 --device cuda --steps 10"
-# The training CLI at the benchmark's size, as train_cli and train_profile run it (data and steps apart).
-TRAIN="--test_data_dir data_samples/test --layers 12 --batch_size 36 --workers 12 --amp --compile --test_grids 1 2
+# The training CLI at the benchmark's size, as train_cli and train_profile run it (data, steps and --compile apart).
+TRAIN="--test_data_dir data_samples/test --layers 12 --batch_size 36 --workers 12 --amp --test_grids 1 2
        --log_interval 100000 --save_interval 100000"
 
 part() {  # part NAME SECONDS COMMAND...: run with a limit, append to OUT_DIR/<NAME up to its first _>.log
     local name=$1 limit=$2; shift 2
     local log="$OUT_DIR/${name%%_*}.log"  # step_* share step.log: the machine returns at most 8 files
     local start=$SECONDS
+    local before=0; [ -f "$log" ] && before=$(wc -l <"$log")
     echo "== $name: $*" >>"$log"
     timeout -k 30 "$limit" "$@" >>"$log" 2>&1
     local rc=$?
     echo "== $name: rc $rc, $((SECONDS - start)) s" | tee -a "$OUT_DIR/summary.txt"
-    [ $rc -eq 0 ] && grep '^{' "$log" | tail -1 >>"$OUT_DIR/summary.txt"
+    # This part's own JSON line only: parts that print none (train_cli) share a log with parts that do.
+    [ $rc -eq 0 ] && tail -n +$((before + 1)) "$log" | grep '^{' | tail -1 >>"$OUT_DIR/summary.txt"
 }
 
-train_cli() {  # train_cli DATA: 400 steps of the CLI, then its median step time and loader wait
+train_cli() {  # train_cli NAME DATA [FLAG...]: 400 steps of the CLI, then its median step time and loader wait
+    local name=$1 data=$2; shift 2
     local logs="${TMPDIR:-/tmp}/gpu_check_logs"  # checkpoints (~0.7 GB at L 12) stay out of OUT_DIR
     rm -rf "$logs"
-    part train_cli 200 $PY train_scene_rendering.py --train_data_dir "$1" $TRAIN --steps 400 --root_log_dir "$logs"
+    part "$name" 200 $PY train_scene_rendering.py --train_data_dir "$data" $TRAIN "$@" --steps 400 --root_log_dir "$logs"
     tail -c 800 "$OUT_DIR/train.log" | tr '\r' '\n' | tail -3 >>"$OUT_DIR/summary.txt"
     part train_times 30 $PY bench/step_times.py "$logs/GEN/runs" --skip 40 --batch_size 36
 }
@@ -74,17 +78,18 @@ run_part() {
     step_amp_compile_2x2) part step_amp_compile_2x2 120 $STEP --grid 2 --amp --channels_last --compile --no-naive ;;
     step_amp_compile_ro) part step_amp_compile_ro 120 $STEP --grid 1 --amp --channels_last --compile reduce-overhead \
         --no-naive ;;
-    train_cli) train_cli "$DATA" ;;
+    train_cli) train_cli train_cli "$DATA" --compile ;;
+    train_cli_graphs) train_cli train_cli_graphs "$DATA" --compile reduce-overhead ;;
     train_profile)
         local logs="${TMPDIR:-/tmp}/gpu_check_profile"
         rm -rf "$logs"
         part train_profile 240 $PY bench/profile_cli.py --skip 60 --steps 100 --rows 30 -- --train_data_dir "$DATA" \
-            $TRAIN --steps 170 --root_log_dir "$logs"
+            $TRAIN --compile --steps 170 --root_log_dir "$logs"
         grep "^profiled" "$OUT_DIR/train.log" | tail -1 >>"$OUT_DIR/summary.txt" ;;
     train_cli_rewritten)  # the same episodes in our format (cheaper to load): is the loader the bottleneck?
         local ours="${TMPDIR:-/tmp}/gpu_check_rewritten"
         part rewrite 120 $PY -m utils.dataset rewrite "$DATA" "$ours" --no_progress
-        train_cli "$ours" ;;
+        train_cli train_cli_rewritten "$ours" --compile ;;
     *) echo "unknown part $1" >>"$OUT_DIR/summary.txt" ;;
     esac
 }
