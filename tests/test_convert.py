@@ -177,7 +177,7 @@ def test_convert_script_missing_src_layout(tmp_path):
     result = subprocess.run([sys.executable, "utils/convert.py", str(tmp_path / "empty"), str(tmp_path / "out")],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("python utils/convert.py: error: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr and "train/*.tfrecord" in result.stderr
     assert not (tmp_path / "out").exists()
 

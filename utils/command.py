@@ -1,4 +1,5 @@
-"""How evaluate.py and make_gif.py end: a user error is one line on stderr and exit status 2, never a traceback."""
+"""How the command-line tools report errors: one line on stderr, ``prog: error: ...`` (argparse's form), and a
+non-zero exit status, never a traceback."""
 import sys
 from typing import Callable, Optional, Sequence, Tuple, Type
 
@@ -10,6 +11,10 @@ def run(prog: str, parse_args: Callable, main: Callable, user_errors: Tuple[Type
     try:
         main(args)
     except user_errors as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
+        print_error(prog, error)
         return 2
     return 0
+
+
+def print_error(prog: str, message) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)

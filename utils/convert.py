@@ -29,9 +29,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from utils.command import print_error  # noqa: E402
 from utils.dataset import CAMERA_FIELDS, EpisodeError, save_episode  # noqa: E402
 from utils.tfrecord import TFRecordError, iter_records, parse_example  # noqa: E402
 
+PROG = "python utils/convert.py"
 SPLITS = ("train", "test")
 TFRECORD_SUFFIX = ".tfrecord"
 
@@ -155,7 +157,7 @@ def convert(src: Path, dst: Path, workers: int = 1, show_progress: bool = True) 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python utils/convert.py",
+        prog=PROG,
         description="Convert GQN TFRecords (SRC/train, SRC/test) into episode files (DST/train, DST/test).",
     )
     p.add_argument("src", type=Path, metavar="SRC", help="folder with train/*.tfrecord and/or test/*.tfrecord")
@@ -170,11 +172,11 @@ def main(argv=None) -> int:
     try:
         results = convert(args.src, args.dst, workers=args.workers, show_progress=not args.no_progress)
     except ConvertError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(PROG, e)
         return 2
     errors = [e for r in results for e in r.errors]
     for e in errors:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(PROG, e)
     written, skipped = sum(r.written for r in results), sum(r.skipped for r in results)
     print(f"{len(results)} tfrecord files: {written} episodes written, {skipped} already there, "
           f"{len(errors)} errors -> {args.dst}")

@@ -48,6 +48,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.command import print_error
+
 __all__ = [
     "EpisodeError",
     "EPISODE_SUFFIXES",
@@ -64,6 +66,7 @@ __all__ = [
     "main",
 ]
 
+PROG = "python -m utils.dataset"  # its command line (info, rewrite)
 EPISODE_SUFFIXES = (".pt", ".pt.gz")
 CAMERA_FIELDS = ("x", "y", "z", "yaw", "pitch")
 POSE_SIZE = 7  # x, y, z, cos yaw, sin yaw, cos pitch, sin pitch
@@ -626,14 +629,14 @@ def _info(args: argparse.Namespace) -> int:
         try:
             files = list_episodes(p) if os.path.isdir(p) else [p]
         except EpisodeError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print_error(PROG, e)
             status = 1
             continue
         for path in files:
             try:
                 info = episode_info(path)
             except EpisodeError as e:
-                print(f"error: {e}", file=sys.stderr)
+                print_error(PROG, e)
                 status = 1
                 continue
             if args.json:
@@ -658,10 +661,10 @@ def _rewrite(args: argparse.Namespace) -> int:
     try:
         paths = list_episodes(src)
     except EpisodeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print_error(PROG, e)
         return 2
     if dst.resolve() == src.resolve():
-        print(f"error: DST {dst} is SRC; rewrite into another directory", file=sys.stderr)
+        print_error(PROG, f"DST {dst} is SRC; rewrite into another directory")
         return 2
     dst.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -672,18 +675,18 @@ def _rewrite(args: argparse.Namespace) -> int:
         try:
             episode = load_episode(path)
         except EpisodeError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print_error(PROG, e)
             failed += 1
             continue
         save_episode(target, episode.frames, episode.cameras)
     if failed:
-        print(f"error: {failed} of {len(paths)} episodes in {src} could not be read (named above); the rest "
-              f"are in {dst}", file=sys.stderr)
+        print_error(PROG, f"{failed} of {len(paths)} episodes in {src} could not be read (named above); the "
+                          f"rest are in {dst}")
     return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.dataset", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="print frames, image size, pose ranges and sha256s per episode")
     info.add_argument("paths", nargs="+", metavar="PATH", help="episode files or directories of them")
