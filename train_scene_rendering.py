@@ -624,6 +624,9 @@ class Trainer:
         writer.add_scalar("time_per_step", record.step_time, step)
         writer.add_scalar("time_data_wait", record.data_wait, step)
         writer.add_scalar("time_device_wait", record.device_wait, step)
+        device = self.runtime.device
+        if device.type == "cuda":  # the most this process has held from the GPU so far: the headroom left
+            writer.add_scalar("gpu_memory_peak_gb", torch.cuda.max_memory_reserved(device) / 2**30, step)
         writer.add_scalar("train/skipped_steps", self.skipped_steps, step)
         writer.add_scalar("data/skipped_episodes", stats.bad_files, step)
 

@@ -6,7 +6,8 @@ Prints one JSON line: the median and fastest ``time_per_step`` after the first `
 hold torch.compile's compilation and the workers' start), the medians of ``time_data_wait`` (the host
 waiting for the loader) and ``time_device_wait`` (the host waiting for the GPU: near 0 when the host sets
 the pace), the median step less its loader wait, and samples/s at the run's batch size if given; then
-the same per hotel size k under ``by_grid`` (each k is its own compiled graph and its own kind of batch).
+the same per hotel size k under ``by_grid`` (each k is its own compiled graph and its own kind of batch);
+and on a GPU the run's peak of GPU memory held by the process (``gpu_memory_peak_gb``).
 """
 import argparse
 import json
@@ -65,6 +66,8 @@ def step_times(runs_dir, skip: int = 40, batch_size=None) -> dict:
                for k in sorted({grids[step] for step, _ in steps if step in grids})}
     if by_grid:
         result["by_grid"] = {f"{k}x{k}": value for k, value in by_grid.items()}
+    if "gpu_memory_peak_gb" in scalars:
+        result["gpu_memory_peak_gb"] = round(max(value for _, value in scalars["gpu_memory_peak_gb"]), 2)
     return result
 
 

@@ -86,6 +86,7 @@ def test_step_times_reads_medians_after_the_skipped_steps(tmp_path, capsys):
         writer.add_scalar("time_per_step", 30.0 if step <= 2 else 0.1 + step / 1000, step)
         writer.add_scalar("time_data_wait", 0.02, step)
         writer.add_scalar("time_device_wait", 0.05, step)
+        writer.add_scalar("gpu_memory_peak_gb", 1.0 + step / 10, step)  # the peak over the whole run counts
         k = 1 if step % 2 else 2  # odd steps 1x1 hotels, even steps 2x2
         writer.add_scalar(f"train/loss_{k}x{k}", 1.0, step)
     writer.close()
@@ -98,6 +99,7 @@ def test_step_times_reads_medians_after_the_skipped_steps(tmp_path, capsys):
     assert result["time_device_wait_median"] == pytest.approx(0.05)
     assert result["time_per_step_less_data_wait_median"] == pytest.approx(0.085)
     assert result["samples_per_s"] == pytest.approx(36 / 0.105, rel=1e-3)
+    assert result["gpu_memory_peak_gb"] == pytest.approx(1.7)
     one, two = result["by_grid"]["1x1"], result["by_grid"]["2x2"]
     assert (one["steps"], two["steps"]) == (3, 2)  # steps 3, 5, 7 and 4, 6
     assert one["time_per_step_median"] == pytest.approx(0.105)

@@ -393,6 +393,7 @@ def test_cuda_graphs_train_like_the_default_compile(scratch):
         assert train.main(on_gpu(scratch / mode, "--compile", mode, steps=8)) == 0
         scalars, _ = read_events(scratch / mode / "run" / "runs")
         losses[mode] = [value for _, value in scalars["train/loss"]]
+        assert min(value for _, value in scalars["gpu_memory_peak_gb"]) > 0  # logged every step on a GPU
     assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
     assert len(losses["reduce-overhead"]) == 8
     assert losses["reduce-overhead"] == pytest.approx(losses["default"], rel=1e-4)
