@@ -2,8 +2,8 @@
 real shapes, against the naive reference in ``bench/naive.py``.
 
     python bench/bench_step.py --batch_size 4 --layers 8 --img_size 64 --grid 1 [--baseline]
-        [--device cpu|cuda] [--steps N] [--amp] [--compile [MODE]] [--channels_last] [--no-naive]
-        [--profile ROWS]
+        [--device cpu|cuda] [--steps N] [--amp] [--compile [MODE]] [--channels_last] [--cudnn_benchmark]
+        [--no-naive] [--profile ROWS]
 
 ``batch_size`` mazes make ``batch_size // grid^2`` hotels of ``grid^2`` mazes, each maze with
 ``--context_views`` context views and one query, poses inside its cell of the hotel. After warm-up the
@@ -159,6 +159,9 @@ def parse_args(argv=None):
                    help="torch.compile our model (optionally with this mode)")
     p.add_argument("--channels_last", action="store_true",
                    help="our model's weights in channels-last (NHWC) layout, as training on a GPU uses")
+    p.add_argument("--cudnn_benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark: cuDNN times its algorithms for each shape once, keeps the "
+                        "fastest (both models; training does not set it)")
     p.add_argument("--no-naive", dest="naive", action="store_false", help="skip the naive reference")
     p.add_argument("--flops", action="store_true", help="count FLOPs on CPU too (always on CUDA; also the naive model's)")
     p.add_argument("--profile", type=int, default=0, metavar="ROWS",
@@ -176,6 +179,7 @@ def main(args) -> dict:
         print("note: --amp is meant for CUDA; running bf16 autocast on CPU", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     warmup = args.warmup if args.warmup is not None else (3 if args.compile else 1)
     load_before = os.getloadavg()
 
@@ -226,7 +230,8 @@ def main(args) -> dict:
         "peak_mem_mb": round(peak_mem, 1),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "config": {k: getattr(args, k) for k in ("batch_size", "layers", "img_size", "grid", "baseline",
-                                                  "context_views", "steps", "amp", "compile", "channels_last")}
+                                                  "context_views", "steps", "amp", "compile", "channels_last",
+                                                  "cudnn_benchmark")}
         | {"warmup": warmup, "threads": torch.get_num_threads(), "torch": torch.__version__},
     }
     result["steps_s"] = [round(t, 3) for t in times]

@@ -2,10 +2,11 @@
 # Every GPU check of this project in one short run, for a single lent CUDA machine:
 #   cuda_tests    the tests that need CUDA: the optimised model equals the naive reference (fp32, TF32 off),
 #                 fused Adam (a non-finite step left out; resume and recovery into channels-last weights),
-#                 and a training step never syncs with the GPU
+#                 a training step never syncs with the GPU, and CUDA graphs train like the plain compiled step
 #   step_*        training-step benchmarks at the paper's size (batch 36, L 12, 64x64): fp32, bf16 autocast,
 #                 channels-last, torch.compile (default and reduce-overhead; 1x1 and 2x2 hotels), against
 #                 the naive reference where ours runs eager; TFLOP/s and the fraction of bf16 peak
+#                 (step_amp_compile_ro_cudnn: the CUDA-graphs step with torch.backends.cudnn.benchmark)
 #   loader        the training loader's throughput with 4, 8 and 12 workers, to compare with step throughput
 #   host          kernel launches timed alone and beside the training loader (its workers; its pin-memory
 #                 thread): what the loader costs a host-bound training loop (bench/bench_host.py)
@@ -25,7 +26,7 @@
 set -u
 DATA=${1:?usage: bash bench/gpu_check.sh DATA_DIR [OUT_DIR]}
 OUT_DIR=${2:-gpu_check_out}
-PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader host step_amp_compile step_amp_compile_2x2 step_amp_compile_ro train_cli train_cli_graphs train_profile train_cli_rewritten"}
+PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader host step_amp_compile step_amp_compile_2x2 step_amp_compile_ro step_amp_compile_ro_cudnn train_cli train_cli_graphs train_profile train_cli_rewritten"}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -78,6 +79,8 @@ run_part() {
     step_amp_compile_2x2) part step_amp_compile_2x2 120 $STEP --grid 2 --amp --channels_last --compile --no-naive ;;
     step_amp_compile_ro) part step_amp_compile_ro 120 $STEP --grid 1 --amp --channels_last --compile reduce-overhead \
         --no-naive ;;
+    step_amp_compile_ro_cudnn) part step_amp_compile_ro_cudnn 120 $STEP --grid 1 --amp --channels_last \
+        --compile reduce-overhead --no-naive --cudnn_benchmark ;;  # does cuDNN's autotuning pay? (then: training)
     train_cli) train_cli train_cli "$DATA" --compile ;;
     train_cli_graphs) train_cli train_cli_graphs "$DATA" --compile reduce-overhead ;;
     train_profile)
