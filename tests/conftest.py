@@ -24,6 +24,7 @@ SHARED_MAZES = SHARED / "mazes"
 requires_shared = pytest.mark.skipif(
     not SHARED.is_dir(), reason=f"needs the shared data folder {SHARED} (real maze episodes), which is absent"
 )
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 
 
 @pytest.fixture
@@ -34,8 +35,7 @@ def shared_dir() -> Path:
     return SHARED
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA device here"))])
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=requires_cuda)])
 def device(request) -> torch.device:
     """Each device the test should pass on. On CUDA, TF32 is switched off for the test: the comparisons
     are of float32 arithmetic."""

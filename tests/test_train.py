@@ -11,7 +11,7 @@ import torch
 
 import train_scene_rendering as train
 from models.scene import ModelConfig, SceneModel
-from tests.conftest import REPO_ROOT, requires_shared
+from tests.conftest import REPO_ROOT, requires_cuda, requires_shared
 from tests.train_support import (SCRIPT, assert_one_line_error, link_episodes, main_error, make_scratch,  # noqa: F401
                                  one_thread, python, scratch, subprocess_env, tiny)
 from utils import distributed, schedules
@@ -312,9 +312,6 @@ def test_torchrun_on_two_nodes_with_a_rendezvous_endpoint(scratch):
     assert_two_ranks_in_sync_and_rank_0_alone_wrote(dumps, scratch / "run")
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
-
-
 def on_gpu(root, *extra, steps):
     """``tiny`` on GPU 0 with the built-in samples (no ../shared needed), 1x1 and 2x2 hotels."""
     samples = REPO_ROOT / "data_samples"
@@ -324,7 +321,7 @@ def on_gpu(root, *extra, steps):
     return argv
 
 
-@needs_cuda
+@requires_cuda
 def test_a_training_step_never_waits_for_the_gpu(scratch, monkeypatch):
     """The host hands steps to the GPU without a sync (torch's sync debug mode makes one an error): outcomes
     are read a step late, a non-finite step is left out on the device. The sync debug mode does not see
@@ -345,7 +342,7 @@ def test_a_training_step_never_waits_for_the_gpu(scratch, monkeypatch):
     assert train.main(on_gpu(scratch, steps=4)) == 0
 
 
-@needs_cuda
+@requires_cuda
 def test_training_copies_to_the_gpu_only_from_pinned_memory(scratch, monkeypatch):
     """What the check above is for, seen in the profiler's trace: a copy from pageable memory (a strided or
     unpinned batch) would show as "Memcpy HtoD (Pageable -> Device)"."""
@@ -368,7 +365,7 @@ def test_training_copies_to_the_gpu_only_from_pinned_memory(scratch, monkeypatch
     assert not [name for name in copies if "Pageable" in name], sorted(set(copies))
 
 
-@needs_cuda
+@requires_cuda
 def test_on_a_gpu_a_recovery_and_a_resume_restore_adam_into_channels_last_weights(scratch, monkeypatch):
     """Checkpoints hold plain-layout tensors; the GPU's weights are channels-last (fused Adam refuses a
     mismatch). A blow-up after a checkpoint reloads it; then the run resumes from its newest checkpoint."""
@@ -380,7 +377,7 @@ def test_on_a_gpu_a_recovery_and_a_resume_restore_adam_into_channels_last_weight
     assert final["epoch"] == 8 and final["scheduler_state_dict"]["lr_scale"] == 0.5
 
 
-@needs_cuda
+@requires_cuda
 def test_cuda_graphs_train_like_the_default_compile(scratch):
     """--compile reduce-overhead replays each hotel size's step as CUDA graphs, never skipping them, with the
     same kernels and the same per-step noise: the losses of --compile, within the GPU's run-to-run noise
