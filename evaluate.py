@@ -38,7 +38,7 @@ from models.scene import SceneModel
 from utils import command
 from utils.checkpoint import CheckpointError, model_from_checkpoint
 from utils.dataset import EpisodeError, list_episodes, load_episode, to_unit
-from utils.hotel import WORLD_MAZES, HotelBatch, StepPlan, build_hotels, plan_step
+from utils.hotel import WORLD_MAZES, HotelBatch, StepPlan, build_hotels, episode_views, plan_step
 
 DEFAULT_SIGMA = 0.7  # the pixel sigma at the end of the original schedule, for checkpoints without one
 YAW_WEIGHT = 0.5  # world units per radian in pose_distance: a 90 degree turn ~ 0.8 units ~ 3 maze squares
@@ -147,7 +147,8 @@ def plan_digest(plans: Sequence[StepPlan]) -> str:
 
 
 class EpisodeCache:
-    """``load(index) -> Episode`` over a directory, each file read once."""
+    """``load(index) -> Episode`` over a directory, each file read once; ``views(img_size)`` is
+    ``build_hotels``'s reader of their views."""
 
     def __init__(self, directory):
         self.paths = list_episodes(directory)
@@ -160,6 +161,9 @@ class EpisodeCache:
         if index not in self.episodes:
             self.episodes[index] = load_episode(self.paths[index])
         return self.episodes[index]
+
+    def views(self, img_size: int):
+        return lambda index, fractions: episode_views(self(index), fractions, img_size)
 
 
 # ---- models ----------------------------------------------------------------------------------------
@@ -307,7 +311,7 @@ def run(args) -> List[dict]:
         per_chunk = max(1, args.batch_size)
         for start in range(0, len(plans), per_chunk):
             plan = merged([with_context_views(p, views) for p in plans[start:start + per_chunk]])
-            yield build_hotels(plan, load, candidate_size, raw)
+            yield build_hotels(plan, load.views(candidate_size), raw)
 
     n_chunks = math.ceil(args.episodes / max(1, args.batch_size))
     rows = []

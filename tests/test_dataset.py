@@ -164,7 +164,7 @@ def test_our_legacy_writer_matches_real_files(tmp_path, main_scene):
 def restricted_only(raw: bytes, path: str, monkeypatch):
     """What the restricted unpickler alone makes of a legacy stream (the fast path switched off)."""
     with monkeypatch.context() as m:
-        m.setattr(dataset, "_read_legacy_fast", lambda raw: None)
+        m.setattr(dataset, "_read_legacy_fast", lambda raw, path: None)
         return dataset._read_legacy(raw, path)
 
 
@@ -173,7 +173,7 @@ def test_legacy_fast_path_identical_to_restricted_unpickler(monkeypatch):
     """Every shared file takes the fast path, with byte-identical frames and identical cameras."""
     for path in list_episodes(TRAIN):
         raw = path.read_bytes()
-        fast = dataset._read_legacy_fast(raw)
+        fast = dataset._read_legacy_fast(raw, str(path))
         assert fast is not None, f"{path} did not take the fast path"
         frames, cameras = restricted_only(raw, str(path), monkeypatch)
         assert fast[0] == list(frames) and all(type(f) is bytes for f in fast[0])
@@ -181,38 +181,67 @@ def test_legacy_fast_path_identical_to_restricted_unpickler(monkeypatch):
         assert fast[1].tobytes() == cameras.tobytes() and fast[1].flags.writeable
 
 
+def frame_text(raw: bytes, frame: int) -> int:
+    """Where frame ``frame``'s UTF-8 payload starts in a legacy file (after BINUNICODE and its length)."""
+    at = -1
+    for _ in range(frame + 1):
+        at = raw.index(b"h\x04X", at + 1)
+    return at + 7
+
+
 @requires_shared
-@pytest.mark.parametrize("change", ["refused global", "memo index", "code point 256", "not UTF-8", "cameras length"])
+@pytest.mark.parametrize("change", ["refused global", "memo index", "cameras length", "cameras not latin-1"])
 def test_legacy_fast_path_leaves_anything_else_to_the_unpickler(tmp_path, monkeypatch, change):
     """A file that differs from the original layout in any way is read (or refused) by the restricted
     unpickler exactly as without the fast path, with an error naming the file."""
     raw = (TRAIN / "3.pt").read_bytes()
-    first = raw.index(b"h\x04X") + 7  # the first frame's UTF-8 payload
+    first = frame_text(raw, 0)
+    cameras = raw.rindex(b"h\x04X") + 7  # the cameras' UTF-8 payload
     if change == "refused global":  # same layout, but the codec call is now os.system's
         data = raw.replace(b"c_codecs\nencode\n", b"cposix\nsystem\n", 1)
     elif change == "memo index":  # the first frame's str memoised under the encode global's index
         at = raw.index(b"q\x13h\x06", first)
         data = raw[:at] + b"q\x04" + raw[at + 2:]
-    elif change == "code point 256":  # FF D8 -> U+0100 D8: valid UTF-8, not latin-1
-        data = raw[:first] + b"\xc4\x80" + raw[first + 2:]
-    elif change == "not UTF-8":
-        data = raw[:first] + b"\xc3\xc3" + raw[first + 2:]
+    elif change == "cameras not latin-1":  # U+0100 (valid UTF-8) at the start of the cameras' text
+        data = raw[:cameras] + b"\xc4\x80" + raw[cameras + 2:]
     else:  # the cameras' payload one float short: change its length and drop 4 of its bytes
-        at = raw.rindex(b"h\x04X") + 3
+        at = cameras - 4
         size = int.from_bytes(raw[at:at + 4], "little")
         data = raw[:at] + (size - 4).to_bytes(4, "little") + raw[at + 4:at + 4 + size - 4] + raw[at + 4 + size:]
-    assert dataset._read_legacy_fast(data) is None
+    assert dataset._read_legacy_fast(data, "changed.pt") is None
     path = tmp_path / "changed.pt"
     path.write_bytes(data)
     with pytest.raises(EpisodeError) as err:
         load_episode(path)
     assert str(err.value).startswith(str(path))
-    monkeypatch.setattr(dataset, "_read_legacy_fast", lambda raw: None)
+    monkeypatch.setattr(dataset, "_read_legacy_fast", lambda raw, path: None)
     with pytest.raises(EpisodeError) as expected:
         load_episode(path)
     assert str(err.value) == str(expected.value)
     if change == "refused global":
         assert "refused to load global posix.system" in str(err.value)
+
+
+@requires_shared
+@pytest.mark.parametrize("text", [b"\xc4\x80", b"\xc3\xc3"], ids=["code point 256", "not UTF-8"])
+def test_a_legacy_frame_whose_text_unpickling_refuses_is_refused_when_used(tmp_path, monkeypatch, text):
+    """The fast path converts a frame only when it is used: a frame the unpickler would refuse raises
+    EpisodeError naming the file and the frame then, and the other frames read as they always did."""
+    raw = (TRAIN / "3.pt").read_bytes()
+    at = frame_text(raw, 1) + 4  # after frame 1's JPEG start marker (4 bytes of text): a new character
+    path = tmp_path / "changed.pt"
+    path.write_bytes(raw[:at] + text + raw[at + 2:])
+    episode = load_episode(path)  # the layout is the original's: the fast path reads it
+    with pytest.raises(EpisodeError, match=rf"^{path}: frame 1: corrupt episode file \(Unicode"):
+        episode.frames[1]
+    with pytest.raises(EpisodeError, match=rf"^{path}: frame 1: "):
+        decode_views(episode, [0, 1], 16)
+    original = load_episode(TRAIN / "3.pt")
+    assert episode.frames[0] == original.frames[0] and episode.frames[2:] == original.frames[2:]
+    assert np.array_equal(episode.cameras, original.cameras)
+    monkeypatch.setattr(dataset, "_read_legacy_fast", lambda raw, path: None)
+    with pytest.raises(EpisodeError, match="Unicode"):  # the unpickler refuses the whole file
+        load_episode(path)
 
 
 # ---- security ------------------------------------------------------------------------------------------
@@ -440,6 +469,32 @@ def test_a_training_batch_carries_uint8_pixels_and_the_model_gets_decode_views_f
     assert torch.equal(context[0], decode_views(episode, indices[:-1], 32))
 
 
+@pytest.mark.parametrize("damage", ["undecodable JPEG", "legacy frame text"])
+def test_the_training_loader_replaces_an_episode_whose_views_are_damaged(tmp_path, damage):
+    """A file that loads but whose planned views cannot be read is replaced, like an unreadable file, by
+    the next good episode, and reported once in bad_files."""
+    from utils.hotel import HotelSteps, build_hotels, episode_views
+    for name in "ace":
+        save_episode(tmp_path / f"{name}.pt", *tiny_episode(4))
+    damaged = tmp_path / "b.pt"  # every frame damaged, so any planned view is
+    if damage == "undecodable JPEG":
+        save_episode(damaged, [b"\xff\xd8" + bytes(200)] * 4, tiny_episode(4)[1])
+    else:
+        damaged.write_bytes(original_layout(*tiny_episode(4)))
+        for frame in range(4):
+            corrupt_frame_text(damaged, frame)
+    steps = HotelSteps(tmp_path, img_size=16, batch_size=3, grids=[1], context_views=2, seed=0)
+    step = next(s for s in range(100) if 1 in steps.plan(s).episodes.flatten().tolist())
+    with pytest.warns(UserWarning, match=rf"skipping damaged episode: {damaged}: (view|frame) \d"):
+        batch = steps[step]
+    assert batch.bad_files == (str(damaged),)
+    replaced = lambda i, fractions: episode_views(load_episode(steps.paths[2 if i == 1 else i]), fractions, 16)  # noqa: E731
+    expected = build_hotels(steps.plan(step), replaced)
+    for name, value in batch._asdict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, getattr(expected, name)), name
+
+
 @pytest.mark.parametrize("grid", [1, 2, 3])
 def test_every_tensor_of_a_training_batch_is_contiguous(grid):
     """Pinned and contiguous, a tensor's copy to the GPU is asynchronous; torch's copy_ sends a strided
@@ -520,14 +575,32 @@ def test_rewrite_keeps_every_byte_and_resumes(tmp_path, capsys):
     assert episode_digests(load_episode(dst / sources[2].name)) == episode_digests(load_episode(sources[2]))
 
 
+def corrupt_frame_text(path, frame: int):
+    """Make a legacy file's frame ``frame`` text that unpickling refuses (U+0100), its layout unchanged."""
+    raw = path.read_bytes()
+    at = frame_text(raw, frame) + 4
+    path.write_bytes(raw[:at] + b"\xc4\x80" + raw[at + 2:])
+    return path
+
+
+def original_layout(frames, cameras) -> bytes:
+    """A legacy file byte for byte as the original tools (numpy 1) wrote it: the fast path's skeleton
+    (checked against the real files above) around the frames' and cameras' latin-1 text in UTF-8."""
+    texts = [bytes(b).decode("latin-1").encode("utf-8") for b in [*frames, np.asarray(cameras, "<f4").tobytes()]]
+    parts = dataset._legacy_skeleton(len(frames))
+    return b"".join(part + len(text).to_bytes(4, "little") + text for part, text in zip(parts, texts)) + parts[-1]
+
+
 def test_rewrite_names_unreadable_files_and_exits_non_zero(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     save_episode(src / "good.pt", [jpeg() for _ in range(3)], np.zeros((3, 5), np.float32))
     (src / "bad.pt").write_bytes(b"not an episode")
+    (src / "text.pt").write_bytes(original_layout(*tiny_episode(3)))
+    corrupt_frame_text(src / "text.pt", 2)
     assert dataset.main(["rewrite", str(src), str(tmp_path / "dst"), "--no_progress"]) == 1
     err = capsys.readouterr().err
-    assert "bad.pt" in err and "1 of 2 episodes" in err
+    assert "bad.pt" in err and "text.pt: frame 2: " in err and "2 of 3 episodes" in err
     assert [p.name for p in (tmp_path / "dst").iterdir()] == ["good.pt"]
     assert dataset.main(["rewrite", str(src), str(src)]) == 2
 

@@ -109,8 +109,8 @@ def test_models_with_fewer_context_views_see_the_same_queries_and_a_subset_of_th
     assert evaluate.plan_digest(plans) == evaluate.plan_digest(again)
     assert evaluate.plan_digest(plans) != evaluate.plan_digest(
         evaluate.evaluation_plans(seed=4, hotels=2, n_episodes=len(load), grid=2, context_views=8))
-    full = build_hotels(evaluate.merged(plans), load, 16)
-    fewer = build_hotels(evaluate.merged([evaluate.with_context_views(p, 3) for p in plans]), load, 16)
+    full = build_hotels(evaluate.merged(plans), load.views(16))
+    fewer = build_hotels(evaluate.merged([evaluate.with_context_views(p, 3) for p in plans]), load.views(16))
     assert full.context_frames.shape == (2, 4 * 8, 3, 16, 16)
     assert torch.equal(full.query_frames, fewer.query_frames) and torch.equal(full.query_poses, fewer.query_poses)
     assert torch.equal(full.context_frames.unflatten(1, (4, 8))[:, :, :3], fewer.context_frames.unflatten(1, (4, 3)))

@@ -5,7 +5,8 @@ outcomes allowed are a correct read or the documented error naming the file:
 
 * ``load_episode``: an Episode that passes validation, or EpisodeError whose message starts with the path.
   Legacy files must also read exactly as the restricted unpickler alone reads them (the fast path may only
-  decide for files in the original layout).
+  decide for files in the original layout), except that where the unpickler refuses a file for one frame's
+  corrupt text, the fast path refuses that frame when it is read (EpisodeError naming file and frame).
 * TFRecord, read as the converter reads it: framing and CRCs -> TFRecordError naming the file; a record's
   tf.train.Example -> ValueError("malformed tf.train.Example ..."), whose callers add file and record;
   its content -> EpisodeError naming file and record; otherwise JPEG frames with 5 cameras floats each.
@@ -56,6 +57,9 @@ EDIT = st.one_of(
     st.tuples(st.just("delete"), OFFSET, st.integers(1, 64)),
 )
 EDITS = st.lists(EDIT, min_size=1, max_size=4)
+# Flips that keep a file's length and change a byte's UTF-8 class (ASCII, continuation, lead) in its text.
+FLIPS = st.lists(st.tuples(st.just("flip"), st.integers(0, 1 << 31), st.sampled_from([0x40, 0x80, 0xC0])),
+                 min_size=1, max_size=3)
 
 
 def mutate(data: bytes, edits) -> bytes:
@@ -93,19 +97,34 @@ def time_limit(seconds: float = TIME_LIMIT):
 
 # ---- the allowed outcomes -----------------------------------------------------------------------------
 def read_episode(path):
-    """load_episode(path) -> the Episode or the EpisodeError; anything else propagates (and fails)."""
+    """load_episode(path) -> the Episode with its frames read into a list, or the EpisodeError; a frame
+    refused when it is read (a legacy frame's corrupt text) is listed as its EpisodeError. Anything else
+    propagates (and fails)."""
     try:
         with time_limit():
             episode = load_episode(path)
+            frames = [frame_or_error(episode.frames, i) for i in range(len(episode.frames))]
     except EpisodeError as e:
         assert str(e).startswith(f"{path}: "), str(e)
         return e
     assert isinstance(episode, Episode) and episode.path == str(path)
-    n = len(episode.frames)
-    assert n >= 1 and all(type(f) is bytes and f.startswith(b"\xff\xd8") for f in episode.frames)
+    n = len(frames)
+    assert n >= 1
+    for i, frame in enumerate(frames):
+        if isinstance(frame, EpisodeError):
+            assert str(frame).startswith(f"{path}: frame {i}: "), str(frame)
+        else:
+            assert type(frame) is bytes and frame.startswith(b"\xff\xd8")
     assert episode.cameras.dtype == np.float32 and episode.cameras.shape == (n, 5)
     assert episode.cameras.flags.c_contiguous and np.isfinite(episode.cameras).all()
-    return episode
+    return Episode(frames, episode.cameras, episode.path)
+
+
+def frame_or_error(frames, i):
+    try:
+        return frames[i]
+    except EpisodeError as e:
+        return e
 
 
 def same_outcome(a, b) -> bool:
@@ -188,10 +207,47 @@ def test_mutated_legacy_file(tmp_path, legacy_raw, edits, gzipped):
     data = mutate(legacy_raw, edits)
     path = tmp_path / ("mutated.pt.gz" if gzipped else "mutated.pt")
     path.write_bytes(gzip.compress(data, compresslevel=1) if gzipped else data)
-    outcome = read_episode(path)
-    with mock.patch.object(dataset, "_read_legacy_fast", lambda raw: None):  # the restricted unpickler alone
-        restricted = read_episode(path)
+    assert_reads_as_the_unpickler(tmp_path, path, data)
+
+
+@requires_shared
+@FUZZ
+@given(frame=st.integers(0, 299), edits=st.one_of(EDITS, FLIPS))
+def test_legacy_file_with_a_mutated_frame(tmp_path, legacy_raw, frame, edits):
+    """Edits inside one frame's text: the fast path reads the file when its length is unchanged, and the
+    frame's own conversion decides when it is read."""
+    start, end = load_episode(TRAIN / "0.pt").frames._spans[frame]
+    path = tmp_path / "mutated.pt"
+    data = legacy_raw[:start] + mutate(legacy_raw[start:end], edits) + legacy_raw[end:]
+    path.write_bytes(data)
+    assert_reads_as_the_unpickler(tmp_path, path, data)
+
+
+def assert_reads_as_the_unpickler(tmp_path, path, data: bytes):
+    """A legacy file (``data``, uncompressed) reads as the restricted unpickler alone reads it, except
+    that the unpickler refuses the whole file for a frame's corrupt text where the fast path refuses just
+    that frame, when it is read. Such frames are given text the unpickler accepts, and then the two must
+    read the file identically."""
+    outcome, restricted = read_episode(path), restricted_only(path)
+    refused = [i for i, f in enumerate(getattr(outcome, "frames", [])) if isinstance(f, EpisodeError)]
+    if refused:
+        assert isinstance(restricted, EpisodeError) and "Unicode" in str(restricted), str(restricted)
+        raw, placeholders = bytearray(data), {}
+        for i in refused:
+            start, end = load_episode(path).frames._spans[i]  # where frame i's text lies in the file
+            placeholders[i] = b"\xff\xd8" + b"x" * (end - start - 4)
+            raw[start:end] = placeholders[i].decode("latin-1").encode("utf-8")
+        path = tmp_path / "placeholders.pt"
+        path.write_bytes(raw)
+        restricted = restricted_only(path)
+        outcome = Episode([placeholders.get(i, f) for i, f in enumerate(outcome.frames)], outcome.cameras, str(path))
     assert same_outcome(outcome, restricted)
+
+
+def restricted_only(path):
+    """What the restricted unpickler alone (the fast path switched off) makes of a file."""
+    with mock.patch.object(dataset, "_read_legacy_fast", lambda raw, path: None):
+        return read_episode(path)
 
 
 # ---- TFRecord ------------------------------------------------------------------------------------------
@@ -254,26 +310,3 @@ def test_varint_beyond_64_bits_is_truncated_like_protobuf():
     for int64_list in (field(1, too_big), b"\x08" + too_big):  # packed, and one value per field
         features = parse_example(field(1, field(1, field(1, b"k") + field(2, field(3, int64_list)))))
         assert features["k"].dtype == np.int64 and features["k"].tolist() == [-1]
-
-
-# ---- the fast path's text check ---------------------------------------------------------------------
-def unpickling_accepts(payload: bytes) -> bool:
-    """What the restricted unpickler does with a BINUNICODE payload fed to _codecs.encode(str, latin1)."""
-    try:
-        str(payload, "utf-8").encode("latin-1")
-        return True
-    except UnicodeError:
-        return False
-
-
-INTERESTING = st.sampled_from([0x00, 0x41, 0x7F, 0x80, 0xBF, 0xC0, 0xC1, 0xC2, 0xC3, 0xC4, 0xDF, 0xE0, 0xEF,
-                               0xF0, 0xF4, 0xFF])
-PAYLOAD = st.one_of(st.binary(max_size=40), st.lists(INTERESTING, max_size=40).map(bytes),
-                    st.text(st.characters(max_codepoint=0x17F), max_size=20).map(lambda t: t.encode("utf-8")))
-
-
-@settings(max_examples=400, deadline=None, database=None)
-@given(payloads=st.lists(PAYLOAD, max_size=6), chunk=st.integers(1, 64))
-def test_latin1_text_check_is_exactly_what_unpickling_accepts(payloads, chunk):
-    expected = all(unpickling_accepts(p) for p in payloads)
-    assert dataset._latin1_text(payloads, chunk=chunk) == expected

@@ -13,8 +13,9 @@ Formats read by :func:`load_episode` (all of them also gzip-compressed, detected
   arrays (rebuilt from checked shape/dtype/data, never by numpy's own unpickling), latin-1 bytes and
   plain containers; any other global is refused, so no code from a file ever runs. Files laid out
   byte for byte as the original tools wrote them are read by a faster, equivalent path that checks that
-  exact layout (:func:`_read_legacy_fast`) and converts each frame only when it is used; anything else
-  goes to the restricted unpickler.
+  exact layout (:func:`_read_legacy_fast`) and converts each frame only when it is used (so a frame
+  whose text unpickling would refuse raises EpisodeError then); anything else goes to the restricted
+  unpickler.
 * ours (written by :func:`save_episode`): ``torch.save`` (zip) of a plain dict ``{"frames": uint8 tensor
   of all JPEG bytes concatenated, "frame_offsets": int64 (N + 1,), "cameras": float32 (N, 5)}``, read
   with ``torch.load(weights_only=True)``.
@@ -84,7 +85,7 @@ class EpisodeError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class Episode:
-    frames: Sequence[bytes]  # N JPEG byte strings, in order (a list, or a legacy file's lazy sequence)
+    frames: Sequence[bytes]  # N JPEG byte strings, in order (a list, or a file's _LazyFrames)
     cameras: np.ndarray  # (N, 5) float32: x, y, z, yaw, pitch
     path: str = field(default="")  # where it was read from ("" if built in memory); used in errors
 
@@ -226,48 +227,31 @@ def _array_value(obj, path: str, what: str):
 # byte, one fixed skeleton around N + 1 BINUNICODE payloads (4-byte length, UTF-8): the N JPEGs, then the
 # camera floats, each stored as _codecs.encode(str, "latin1"). _read_legacy_fast checks that skeleton
 # exactly - every opcode and memo index, so what the file means is known without running the pickle
-# machine - and checks that every payload is what unpickling would accept: UTF-8 text of code points
-# below 256 (_latin1_text). Anything else (other writers, crafted or damaged files, code points >= 256)
-# gives None and the restricted unpickler decides, so refusals and errors are unchanged. The frames are
-# then converted (UTF-8 -> latin-1 bytes, as unpickling would) one at a time when used (_LegacyFrames):
-# the conversion is most of a load's cost, and a sample uses 9 of 300 frames.
-#
-# _latin1_text's check, exact and in a few passes of C-speed bytes.translate: such text is ASCII bytes
-# and pairs (lead C2/C3, continuation 80-BF). Map every byte to 1 if it is a lead, 2 if it can start no
-# such pair (C0-C1, C4-FF), else 0; and every byte to 1 if the byte after it is a continuation, else 0.
-# The two maps are equal exactly when every lead is followed by a continuation, every continuation is
-# preceded by a lead, and no other high byte occurs. Payloads are joined with ASCII in between and
-# around, so no pair can span two payloads or the ends.
-_LEAD_CLASS = bytes(1 if b in (0xC2, 0xC3) else 2 if b >= 0xC0 else 0 for b in range(256))
-_CONT_CLASS = bytes(1 if 0x80 <= b < 0xC0 else 0 for b in range(256))
+# machine. Anything else (other writers, crafted or damaged files) gives None and the restricted
+# unpickler decides, so its refusals and errors are unchanged. A frame's payload is converted (UTF-8 ->
+# latin-1 bytes, exactly as unpickling would) only when the frame is used (_LazyFrames): a sample uses
+# 9 of 300 frames, and checking all 300 cost twice the rest of a sample's loading and decoding
+# (bench/cpu_runs). So a payload that unpickling would refuse (not UTF-8, or a code point above 255)
+# raises EpisodeError when its frame is used, as an undecodable JPEG does, and the training loader
+# replaces that episode (utils.hotel.HotelSteps).
 _UTF8_SOI = "\xff\xd8".encode("utf-8")  # a JPEG's first two bytes as the pickle's text holds them
 
 
-def _latin1_text(payloads, chunk: int = 1 << 16) -> bool:
-    """True if every payload is UTF-8 text whose code points are all below 256. Checked in joins of
-    about ``chunk`` bytes: a few large temporaries cost more in page faults than the checking itself."""
-    start = 0
-    while start < len(payloads):
-        stop, size = start, 0
-        while stop < len(payloads) and size < chunk:
-            size += len(payloads[stop])
-            stop += 1
-        joined = b"a".join([b"", *payloads[start:stop], b""])
-        if joined.translate(_LEAD_CLASS)[:-1] != joined.translate(_CONT_CLASS)[1:]:
-            return False
-        start = stop
-    return True
+class _LazyFrames(Sequence):
+    """An episode file's JPEG frames, each cut from the file's bytes only when it is used (a sample uses
+    9 of 300). A legacy file holds them as the pickle's UTF-8 text (``text=True``), converted as unpickling
+    would; a frame unpickling would refuse raises EpisodeError when it is used. Otherwise behaves as the
+    list of bytes the file holds."""
 
-
-class _LegacyFrames(Sequence):
-    """The JPEG frames of a legacy file that passed the fast path's checks: each is kept as the pickle's
-    UTF-8 text and converted to bytes when it is used. Behaves as the list of bytes unpickling makes."""
-
-    __slots__ = ("_raw", "_spans")
+    __slots__ = ("_raw", "_spans", "_path", "_text", "first_non_jpeg")
     __hash__ = None
 
-    def __init__(self, raw: bytes, spans: list[tuple[int, int]]):
-        self._raw, self._spans = raw, spans
+    def __init__(self, raw, spans: list[tuple[int, int]], path: str, text: bool):
+        self._raw, self._spans, self._path, self._text = memoryview(raw), spans, path, text
+        soi = _UTF8_SOI if text else _JPEG_SOI
+        # index of the first frame that does not start with a JPEG's FFD8 marker, or None
+        self.first_non_jpeg = next((i for i, (start, end) in enumerate(spans)
+                                    if self._raw[start:min(end, start + len(soi))] != soi), None)
 
     def __len__(self) -> int:
         return len(self._spans)
@@ -275,16 +259,17 @@ class _LegacyFrames(Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
+        index = range(len(self))[index]  # an int in range, or IndexError
         start, end = self._spans[index]
-        return str(memoryview(self._raw)[start:end], "utf-8").encode("latin-1")
+        if not self._text:
+            return self._raw[start:end].tobytes()
+        try:
+            return str(self._raw[start:end], "utf-8").encode("latin-1")
+        except UnicodeError as e:
+            raise EpisodeError(f"{self._path}: frame {index}: corrupt episode file ({type(e).__name__}: {e})") from None
 
     def __eq__(self, other):
         return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
-
-    def first_non_jpeg(self):
-        """Index of the first frame that does not start with a JPEG's FFD8 marker, or None."""
-        return next((i for i, (start, _) in enumerate(self._spans) if not self._raw.startswith(_UTF8_SOI, start)),
-                    None)
 
 
 def _put(i: int) -> bytes:  # BINPUT / LONG_BINPUT i: the pickler memoises every object as 0, 1, 2, ...
@@ -329,7 +314,7 @@ def _legacy_skeleton(n: int) -> tuple[bytes, ...]:
     return tuple(parts)
 
 
-def _read_legacy_fast(raw: bytes):
+def _read_legacy_fast(raw: bytes, path: str):
     """(frames, cameras) of a legacy file laid out exactly as the original tools wrote it, else None."""
     at = len(_SKELETON_HEAD)
     if not raw.startswith(_SKELETON_HEAD) or raw[at:at + 1] not in (b"K", b"M"):
@@ -347,13 +332,18 @@ def _read_legacy_fast(raw: bytes):
             return None
         spans.append((pos, end))
         pos = end
-    view = memoryview(raw)
-    if not raw.startswith(skeleton[-1], pos) or not _latin1_text([view[a:b] for a, b in spans]):
-        return None  # not the original layout, or text unpickling would refuse: let the unpickler report it
-    cameras = str(view[slice(*spans[-1])], "utf-8").encode("latin-1")
+    if not raw.startswith(skeleton[-1], pos):
+        return None
+    try:
+        cameras = str(memoryview(raw)[slice(*spans[-1])], "utf-8").encode("latin-1")
+    except UnicodeError:
+        return None  # the unpickler reports it
     if len(cameras) != n * 5 * 4:
         return None
-    return _LegacyFrames(raw, spans[:-1]), np.frombuffer(cameras, dtype="<f4").reshape(1, n, 5).copy()
+    frames = _LazyFrames(raw, spans[:-1], path, text=True)
+    if frames.first_non_jpeg is not None:
+        return None  # not a JPEG, or text that unpickling refuses: the unpickler says which
+    return frames, np.frombuffer(cameras, dtype="<f4").reshape(1, n, 5).copy()
 
 
 # Opcodes the restricted unpickler must never act on. A memo index is bounded by the number of opcodes
@@ -382,7 +372,7 @@ def _check_opcodes(raw: bytes, path: str, pickles: int) -> None:
 
 
 def _read_legacy(raw: bytes, path: str):
-    fast = _read_legacy_fast(raw)
+    fast = _read_legacy_fast(raw, path)
     if fast is not None:
         return fast
     _check_opcodes(raw, path, pickles=4)
@@ -412,17 +402,16 @@ def _read_ours(raw: bytes, path: str):
     offs = offsets.tolist()
     if not offs or offs[0] != 0 or offs[-1] != blob.numel() or any(a > b for a, b in zip(offs, offs[1:])):
         raise EpisodeError(f"{path}: frame_offsets do not split the frame bytes (corrupt file)")
-    buf = blob.numpy().tobytes()
-    return [buf[a:b] for a, b in zip(offs, offs[1:])], cameras.numpy()
+    return _LazyFrames(blob.contiguous().numpy(), list(zip(offs, offs[1:])), path, text=False), cameras.numpy()
 
 
 def _validated(frames, cameras, path: str) -> Episode:
-    """Check an episode's content and return it in canonical form: a list of bytes (or a legacy file's
-    lazy _LegacyFrames, checked without converting its frames) + (N, 5) float32."""
-    if not isinstance(frames, (list, tuple, _LegacyFrames)) or not frames:
+    """Check an episode's content and return it in canonical form: a list of bytes (or a file's
+    _LazyFrames, checked without reading its frames) + (N, 5) float32."""
+    if not isinstance(frames, (list, tuple, _LazyFrames)) or not frames:
         raise EpisodeError(f"{path}: episode has no frames")
-    if isinstance(frames, _LegacyFrames):  # bytes by construction; checked without converting them
-        bad = frames.first_non_jpeg()
+    if isinstance(frames, _LazyFrames):  # bytes by construction; checked without reading them
+        bad = frames.first_non_jpeg
     elif not all(isinstance(f, bytes) for f in frames):
         raise EpisodeError(f"{path}: frames must be JPEG byte strings")
     else:
@@ -439,14 +428,16 @@ def _validated(frames, cameras, path: str) -> Episode:
     cameras = np.ascontiguousarray(cameras, dtype=np.float32)
     if not np.isfinite(cameras).all():
         raise EpisodeError(f"{path}: cameras hold non-finite values")
-    return Episode(frames=frames if isinstance(frames, _LegacyFrames) else list(frames), cameras=cameras, path=path)
+    return Episode(frames=frames if isinstance(frames, _LazyFrames) else list(frames), cameras=cameras, path=path)
 
 
 def load_episode(path: str | os.PathLike) -> Episode:
     """Read one episode file in any supported format (see module docstring); never runs code from it.
 
     Only the JPEG bytes are read, none is decoded. Raises EpisodeError naming the file on a missing,
-    truncated or corrupt file, a refused pickle global, wrong camera count, or non-JPEG frames.
+    truncated or corrupt file, a refused pickle global, wrong camera count, or non-JPEG frames. A damaged
+    frame inside an intact file (undecodable JPEG, or a legacy frame's corrupt text) raises EpisodeError
+    only when that frame is used.
     """
     name = os.fspath(path)
     try:
@@ -674,11 +665,10 @@ def _rewrite(args: argparse.Namespace) -> int:
             continue
         try:
             episode = load_episode(path)
+            save_episode(target, episode.frames, episode.cameras)  # converts every frame: may find one damaged
         except EpisodeError as e:
             print_error(PROG, e)
             failed += 1
-            continue
-        save_episode(target, episode.frames, episode.cameras)
     if failed:
         print_error(PROG, f"{failed} of {len(paths)} episodes in {src} could not be read (named above); the "
                           f"rest are in {dst}")

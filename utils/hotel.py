@@ -90,7 +90,7 @@ class HotelBatch(NamedTuple):
     query_poses: torch.Tensor  # (N, M, 7)
     origin: torch.Tensor  # (N, 2)
     grid: int
-    bad_files: tuple  # episodes that failed to load during this step (replaced by others)
+    bad_files: tuple  # damaged episodes met during this step (replaced by others)
 
     def model_inputs(self, device):
         """Tensors moved to ``device`` in the order of ``SceneModel.forward``'s first six arguments, frames
@@ -100,17 +100,23 @@ class HotelBatch(NamedTuple):
                 move(self.query_poses), move(self.origin), self.grid)
 
 
-def build_hotels(plan: StepPlan, load, img_size: int, raw: bool = False) -> HotelBatch:
-    """Decode the planned views. ``load(episode_index) -> Episode`` (may substitute bad files)."""
+def episode_views(episode, fractions: torch.Tensor, img_size: int):
+    """The views at ``fractions`` in [0, 1) of an episode's frames: uint8 pixels (V, 3, S, S) and their
+    cameras (V, 5). EpisodeError if one of these views is damaged."""
+    indices = (fractions * len(episode.frames)).long().clamp(max=len(episode.frames) - 1)
+    return decode_pixels(episode, indices.tolist(), img_size), torch.as_tensor(episode.cameras)[indices]
+
+
+def build_hotels(plan: StepPlan, views, raw: bool = False) -> HotelBatch:
+    """Decode the planned views. ``views(episode_index, fractions) -> (pixels, cameras)``, as
+    ``episode_views`` gives them (the caller may substitute a damaged episode)."""
     hotels, mazes, _ = plan.views.shape
     cells = maze_cells(plan.grid)
     context_frames, context_poses, query_frames, query_poses = [], [], [], []
     for h in range(hotels):
         for m in range(mazes):
-            episode = load(int(plan.episodes[h, m]))
-            indices = (plan.views[h, m] * len(episode.frames)).long().clamp(max=len(episode.frames) - 1)
-            frames = decode_pixels(episode, indices.tolist(), img_size)  # (C + 1, 3, S, S), the query last
-            poses = world_poses(torch.as_tensor(episode.cameras)[indices], cells[m], plan.origin[h], raw)
+            frames, cameras = views(int(plan.episodes[h, m]), plan.views[h, m])  # (C + 1, 3, S, S), query last
+            poses = world_poses(cameras, cells[m], plan.origin[h], raw)
             context_frames.append(frames[:-1])
             query_frames.append(frames[-1])
             context_poses.append(poses[:-1])
@@ -118,7 +124,7 @@ def build_hotels(plan: StepPlan, load, img_size: int, raw: bool = False) -> Hote
     # cat and stack make every tensor contiguous: pinned, its copy to the GPU is then asynchronous (a
     # strided one is copied through a pageable temporary, and a copy from pageable memory may wait for
     # the GPU to finish its queued work).
-    image = (3, img_size, img_size)
+    image = query_frames[0].shape
     return HotelBatch(torch.cat(context_frames).view(hotels, -1, *image), torch.cat(context_poses).view(hotels, -1, 7),
                       torch.stack(query_frames).view(hotels, mazes, *image),
                       torch.stack(query_poses).view(hotels, mazes, 7), plan.origin, plan.grid, ())
@@ -127,8 +133,9 @@ def build_hotels(plan: StepPlan, load, img_size: int, raw: bool = False) -> Hote
 class HotelSteps(torch.utils.data.Dataset):
     """Map-style dataset whose item ``step`` is that step's whole batch (use ``batch_size=None``).
 
-    A damaged episode is replaced by the next good one and reported in ``HotelBatch.bad_files``
-    (once per file and worker), so the training loop can count and warn; nothing else changes.
+    A damaged episode (one that cannot be read, or whose planned views cannot be) is replaced by the
+    next good one and reported in ``HotelBatch.bad_files`` (once per file and worker), so the training
+    loop can count and warn; nothing else changes.
     """
 
     def __init__(self, directory, img_size: int, batch_size: int, grids: Sequence[int], context_views: int,
@@ -149,20 +156,20 @@ class HotelSteps(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> HotelBatch:
         newly_bad = []
 
-        def load(index):
+        def views(index, fractions):
             for offset in range(len(self.paths)):
                 path = self.paths[(index + offset) % len(self.paths)]
                 if path in self.bad:
                     continue
                 try:
-                    return load_episode(path)
+                    return episode_views(load_episode(path), fractions, self.img_size)
                 except EpisodeError as error:
                     self.bad.add(path)
                     newly_bad.append(str(path))
                     warnings.warn(f"skipping damaged episode: {error}")
             raise EpisodeError(f"every episode in {self.paths[0].parent} is damaged")
 
-        batch = build_hotels(self.plan(step), load, self.img_size, self.raw_poses)
+        batch = build_hotels(self.plan(step), views, self.raw_poses)
         return batch._replace(bad_files=tuple(newly_bad))
 
 
