@@ -684,7 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info.set_defaults(run=_info)
     rewrite = commands.add_parser(
         "rewrite", help="copy a directory of episodes (e.g. the original tools' legacy .pt files) into our "
-                        "format, which the training loader reads about 2x faster")
+                        "format, a third smaller than legacy files")
     rewrite.add_argument("src", metavar="SRC", help="directory of episodes in any readable format")
     rewrite.add_argument("dst", metavar="DST", help="output directory (created; existing episodes are kept)")
     rewrite.add_argument("--no_progress", action="store_true", help="no progress bar")
