@@ -89,7 +89,7 @@ run_part() {
         part train_profile 240 $PY bench/profile_cli.py --skip 60 --steps 100 --rows 30 -- --train_data_dir "$DATA" \
             $TRAIN --compile --steps 170 --root_log_dir "$logs"
         grep "^profiled" "$OUT_DIR/train.log" | tail -1 >>"$OUT_DIR/summary.txt" ;;
-    train_cli_rewritten)  # the same episodes in our format (cheaper to load): is the loader the bottleneck?
+    train_cli_rewritten)  # the same episodes in our format: does the file format change the step?
         local ours="${TMPDIR:-/tmp}/gpu_check_rewritten"
         part rewrite 120 $PY -m utils.dataset rewrite "$DATA" "$ours" --no_progress
         train_cli train_cli_rewritten "$ours" --compile ;;
