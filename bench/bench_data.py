@@ -81,7 +81,7 @@ def main(args) -> int:
     rng = np.random.default_rng(args.seed)
     n_views = args.context + 1
 
-    frame_counts = [len(load_episode(p)) for p in paths]  # also checks every file up front
+    frame_counts = [len(load_episode(p)) for p in paths]  # also checks every file's layout up front
 
     def draw():
         i = rng.integers(len(paths))

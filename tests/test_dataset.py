@@ -1,5 +1,6 @@
 """Episode files: listing, safe loading (legacy pickles, gzip, our format), saving, decoding, poses, info."""
 
+import copy as copy_module
 import gzip
 import io
 import json
@@ -469,30 +470,64 @@ def test_a_training_batch_carries_uint8_pixels_and_the_model_gets_decode_views_f
     assert torch.equal(context[0], decode_views(episode, indices[:-1], 32))
 
 
+def distinct_episode(i: int, n: int = 4):
+    """Episode i of a test folder: frames and cameras unlike any other i's, so a batch shows which it used."""
+    frames = [jpeg(((60 * i + 40 * j) % 256, (90 * i) % 256, 255 - 40 * j)) for j in range(n)]
+    return frames, tiny_episode(n)[1] + np.float32(0.01 * i)
+
+
+def damaged_folder(folder, damage: str, frames=range(4)):
+    """Episodes a, c, e intact and b with ``frames`` damaged (4 frames each); returns b's path."""
+    for i, name in enumerate("ace"):
+        save_episode(folder / f"{name}.pt", *distinct_episode(2 * i))
+    damaged = folder / "b.pt"
+    good, cameras = distinct_episode(1)
+    if damage == "undecodable JPEG":
+        save_episode(damaged, [b"\xff\xd8" + bytes(200) if j in frames else f for j, f in enumerate(good)], cameras)
+    else:
+        damaged.write_bytes(original_layout(good, cameras))
+        for frame in frames:
+            corrupt_frame_text(damaged, frame)
+    return damaged
+
+
+def batches_equal(a, b) -> bool:
+    return all(torch.equal(x, getattr(b, k)) for k, x in a._asdict().items() if isinstance(x, torch.Tensor))
+
+
 @pytest.mark.parametrize("damage", ["undecodable JPEG", "legacy frame text"])
 def test_the_training_loader_replaces_an_episode_whose_views_are_damaged(tmp_path, damage):
     """A file that loads but whose planned views cannot be read is replaced, like an unreadable file, by
     the next good episode, and reported once in bad_files."""
     from utils.hotel import HotelSteps, build_hotels, episode_views
-    for name in "ace":
-        save_episode(tmp_path / f"{name}.pt", *tiny_episode(4))
-    damaged = tmp_path / "b.pt"  # every frame damaged, so any planned view is
-    if damage == "undecodable JPEG":
-        save_episode(damaged, [b"\xff\xd8" + bytes(200)] * 4, tiny_episode(4)[1])
-    else:
-        damaged.write_bytes(original_layout(*tiny_episode(4)))
-        for frame in range(4):
-            corrupt_frame_text(damaged, frame)
+    damaged = damaged_folder(tmp_path, damage)
     steps = HotelSteps(tmp_path, img_size=16, batch_size=3, grids=[1], context_views=2, seed=0)
     step = next(s for s in range(100) if 1 in steps.plan(s).episodes.flatten().tolist())
     with pytest.warns(UserWarning, match=rf"skipping damaged episode: {damaged}: (view|frame) \d"):
         batch = steps[step]
     assert batch.bad_files == (str(damaged),)
     replaced = lambda i, fractions: episode_views(load_episode(steps.paths[2 if i == 1 else i]), fractions, 16)  # noqa: E731
-    expected = build_hotels(steps.plan(step), replaced)
-    for name, value in batch._asdict().items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, getattr(expected, name)), name
+    assert batches_equal(batch, build_hotels(steps.plan(step), replaced))
+
+
+def test_a_partly_damaged_episode_does_not_make_a_step_depend_on_the_steps_before(tmp_path, recwarn):
+    """b's frame 0 is damaged, its others are not: a step that uses only b's good frames sees b, whether
+    or not this worker met frame 0 before (a resumed or re-sharded run sees the same batches)."""
+    from utils.hotel import HotelSteps
+    damaged_folder(tmp_path, "undecodable JPEG", frames=[0])
+    steps = HotelSteps(tmp_path, img_size=16, batch_size=3, grids=[1], context_views=1, seed=0)
+
+    def frames_of_b(step):  # the frames of b (episode 1) that the step plans to use
+        plan = steps.plan(step)
+        at = (plan.episodes == 1).nonzero().tolist()
+        return {int(f * 4) for h, m in at for f in plan.views[h, m]}
+
+    uses_frame_0 = next(s for s in range(200) if 0 in frames_of_b(s))
+    good_only = next(s for s in range(200) if frames_of_b(s) and 0 not in frames_of_b(s))
+    fresh = HotelSteps(tmp_path, img_size=16, batch_size=3, grids=[1], context_views=1, seed=0)[good_only]
+    assert steps[uses_frame_0].bad_files == (str(tmp_path / "b.pt"),)
+    after = steps[good_only]
+    assert after.bad_files == () and batches_equal(after, fresh)
 
 
 @pytest.mark.parametrize("grid", [1, 2, 3])
@@ -589,6 +624,27 @@ def original_layout(frames, cameras) -> bytes:
     texts = [bytes(b).decode("latin-1").encode("utf-8") for b in [*frames, np.asarray(cameras, "<f4").tobytes()]]
     parts = dataset._legacy_skeleton(len(frames))
     return b"".join(part + len(text).to_bytes(4, "little") + text for part, text in zip(parts, texts)) + parts[-1]
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "ours"])
+def test_an_episodes_frames_behave_as_the_list_of_its_jpegs(tmp_path, fmt):
+    """Frames are cut from the file when used; to the caller they are the list of JPEG bytes: indexing,
+    slicing, length, equality, and an Episode pickles and copies."""
+    frames, cameras = distinct_episode(3, n=5)
+    path = tmp_path / "ep.pt"
+    if fmt == "legacy":
+        path.write_bytes(original_layout(frames, cameras))
+    else:
+        save_episode(path, frames, cameras)
+    lazy = load_episode(path).frames
+    assert not isinstance(lazy, list), "the lazy reader was not taken"
+    assert len(lazy) == 5 and list(lazy) == frames and lazy == frames and lazy != frames[:4]
+    assert lazy[-1] == frames[-1] and lazy[1:4] == frames[1:4] and lazy[::-2] == frames[::-2] and lazy[7:] == []
+    assert all(type(f) is bytes for f in lazy)
+    with pytest.raises(IndexError):
+        lazy[5]
+    for copy in (pickle.loads(pickle.dumps(load_episode(path))), copy_module.deepcopy(load_episode(path))):
+        assert list(copy.frames) == frames and np.array_equal(copy.cameras, cameras) and copy.path == str(path)
 
 
 def test_rewrite_names_unreadable_files_and_exits_non_zero(tmp_path, capsys):

@@ -247,11 +247,12 @@ class _LazyFrames(Sequence):
     __hash__ = None
 
     def __init__(self, raw, spans: list[tuple[int, int]], path: str, text: bool):
-        self._raw, self._spans, self._path, self._text = memoryview(raw), spans, path, text
-        soi = _UTF8_SOI if text else _JPEG_SOI
+        # raw: the file's bytes, or a uint8 array (kept as is, not as a memoryview, so an Episode pickles)
+        self._raw, self._spans, self._path, self._text = raw, spans, path, text
+        soi, view = (_UTF8_SOI if text else _JPEG_SOI), memoryview(raw)
         # index of the first frame that does not start with a JPEG's FFD8 marker, or None
         self.first_non_jpeg = next((i for i, (start, end) in enumerate(spans)
-                                    if self._raw[start:min(end, start + len(soi))] != soi), None)
+                                    if view[start:min(end, start + len(soi))] != soi), None)
 
     def __len__(self) -> int:
         return len(self._spans)
@@ -261,10 +262,11 @@ class _LazyFrames(Sequence):
             return [self[i] for i in range(*index.indices(len(self)))]
         index = range(len(self))[index]  # an int in range, or IndexError
         start, end = self._spans[index]
+        frame = memoryview(self._raw)[start:end]
         if not self._text:
-            return self._raw[start:end].tobytes()
+            return frame.tobytes()
         try:
-            return str(self._raw[start:end], "utf-8").encode("latin-1")
+            return str(frame, "utf-8").encode("latin-1")
         except UnicodeError as e:
             raise EpisodeError(f"{self._path}: frame {index}: corrupt episode file ({type(e).__name__}: {e})") from None
 
@@ -434,10 +436,10 @@ def _validated(frames, cameras, path: str) -> Episode:
 def load_episode(path: str | os.PathLike) -> Episode:
     """Read one episode file in any supported format (see module docstring); never runs code from it.
 
-    Only the JPEG bytes are read, none is decoded. Raises EpisodeError naming the file on a missing,
-    truncated or corrupt file, a refused pickle global, wrong camera count, or non-JPEG frames. A damaged
-    frame inside an intact file (undecodable JPEG, or a legacy frame's corrupt text) raises EpisodeError
-    only when that frame is used.
+    Nothing is decoded: each frame's JPEG bytes are cut from the file when the frame is used. Raises
+    EpisodeError naming the file on a missing, truncated or corrupt file, a refused pickle global, wrong
+    camera count, or non-JPEG frames. A damaged frame inside an intact file (undecodable JPEG, or a
+    legacy frame's corrupt text) raises EpisodeError only when that frame is used.
     """
     name = os.fspath(path)
     try:

@@ -157,16 +157,18 @@ class HotelSteps(torch.utils.data.Dataset):
         newly_bad = []
 
         def views(index, fractions):
+            # A file is tried again every time it is drawn, even if it failed before: a partly damaged
+            # one fails only for some views, and what a step sees must not depend on the steps this
+            # worker built before it. self.bad only keeps a file from being reported twice.
             for offset in range(len(self.paths)):
                 path = self.paths[(index + offset) % len(self.paths)]
-                if path in self.bad:
-                    continue
                 try:
                     return episode_views(load_episode(path), fractions, self.img_size)
                 except EpisodeError as error:
-                    self.bad.add(path)
-                    newly_bad.append(str(path))
-                    warnings.warn(f"skipping damaged episode: {error}")
+                    if path not in self.bad:
+                        self.bad.add(path)
+                        newly_bad.append(str(path))
+                        warnings.warn(f"skipping damaged episode: {error}")
             raise EpisodeError(f"every episode in {self.paths[0].parent} is damaged")
 
         batch = build_hotels(self.plan(step), views, self.raw_poses)
