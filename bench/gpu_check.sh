@@ -6,7 +6,8 @@
 #   step_*        training-step benchmarks at the paper's size (batch 36, L 12, 64x64): fp32, bf16 autocast,
 #                 channels-last, torch.compile (default and reduce-overhead; 1x1 and 2x2 hotels), against
 #                 the naive reference where ours runs eager; TFLOP/s and the fraction of bf16 peak
-#                 (step_amp_compile_ro_cudnn: the CUDA-graphs step with torch.backends.cudnn.benchmark)
+#                 (step_amp_compile_ro_cudnn: the CUDA-graphs step with torch.backends.cudnn.benchmark;
+#                 step_amp_compile_ro_b72: the same at batch 72, twice the paper's)
 #   loader        the training loader's throughput with 4, 8 and 12 workers, to compare with step throughput
 #   host          kernel launches timed alone and beside the training loader (its workers; its pin-memory
 #                 thread): what the loader costs a host-bound training loop (bench/bench_host.py)
@@ -26,7 +27,7 @@
 set -u
 DATA=${1:?usage: bash bench/gpu_check.sh DATA_DIR [OUT_DIR]}
 OUT_DIR=${2:-gpu_check_out}
-PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader host step_amp_compile step_amp_compile_2x2 step_amp_compile_ro step_amp_compile_ro_cudnn train_cli train_cli_graphs train_profile train_cli_rewritten"}
+PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader host step_amp_compile step_amp_compile_2x2 step_amp_compile_ro step_amp_compile_ro_cudnn step_amp_compile_ro_b72 train_cli train_cli_graphs train_profile train_cli_rewritten"}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -81,6 +82,8 @@ run_part() {
         --no-naive ;;
     step_amp_compile_ro_cudnn) part step_amp_compile_ro_cudnn 120 $STEP --grid 1 --amp --channels_last \
         --compile reduce-overhead --no-naive --cudnn_benchmark ;;  # does cuDNN's autotuning pay? (then: training)
+    step_amp_compile_ro_b72) part step_amp_compile_ro_b72 120 $STEP --grid 1 --amp --channels_last \
+        --compile reduce-overhead --no-naive --batch_size 72 ;;  # does a larger batch fill the chip better?
     train_cli) train_cli train_cli "$DATA" --compile ;;
     train_cli_graphs) train_cli train_cli_graphs "$DATA" --compile reduce-overhead ;;
     train_profile)
