@@ -79,6 +79,15 @@ def _grid(text):
     return value
 
 
+def _workers(text):
+    if text == "auto":
+        return text
+    try:
+        return _number(int, 0, low_ok=True)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or an int >= 0, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     positive, count, rate = _number(int, 0), _number(int, 0, low_ok=True), _number(float, 0)
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
@@ -94,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hotel sizes evaluated every --log_interval steps")
     data.add_argument("--raw_poses", action="store_true",
                       help="the original implementation's pose mapping (cameras near each maze's centre)")
-    data.add_argument("--workers", type=count, default=2, help="DataLoader worker processes (0: load in-process)")
+    data.add_argument("--workers", type=_workers, default="auto",
+                      help="DataLoader worker processes (0: load in-process; auto: 2 on CPU, on a GPU one per "
+                           "core of this process's share of the machine, less one, at most 12)")
     data.add_argument("--max_bad_files", type=_number(float, 0, low_ok=True, high=1), default=0.01,
                       help="stop if more than this fraction of the training episodes is damaged")
 
@@ -247,6 +258,17 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self.signal is not None
+
+
+def default_workers(runtime: distributed.Runtime) -> int:
+    """Loader processes for --workers auto. On CPU the cores train, so 2. A GPU step is fed by
+    12 workers on one H200 (README, "Measured figures"); fewer where this process's share of the cores
+    (torchrun starts LOCAL_WORLD_SIZE processes per node) is smaller, one core left for the main process."""
+    if runtime.device.type != "cuda":
+        return 2
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, min(12, cores - 1))
 
 
 def _worker_init(_):
@@ -544,11 +566,12 @@ class Trainer:
             return 0
         main = runtime.is_main
         writer = summaries.open_writer(self.run_dir / "runs", enabled=main, purge_step=self.step or None)
-        loader = step_loader(self.data, range(self.step, args.steps), args.workers,
+        workers = default_workers(runtime) if args.workers == "auto" else args.workers
+        loader = step_loader(self.data, range(self.step, args.steps), workers,
                              pin_memory=runtime.device.type == "cuda", worker_init_fn=_worker_init)
         if main:
             note(f"training {'GQN baseline' if args.baseline else 'GEN'} on {runtime.describe()}, steps "
-                 f"{self.step}..{args.steps}, logs in {self.run_dir}")
+                 f"{self.step}..{args.steps}, {workers} loader workers, logs in {self.run_dir}")
         with warnings.catch_warnings():
             # Damaged episodes, training and test, are counted and named in one line each (train_step, evaluate).
             warnings.filterwarnings("ignore", message="skipping damaged episode")

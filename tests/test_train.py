@@ -149,6 +149,7 @@ def test_bad_flags_exit_with_one_line_before_any_work(scratch, capsys):
         (["--saved_model", str(scratch / "missing.pt")], "no such file"),
         (["--device_ids", "x"], "--device_ids"),
         (["--compile", "fast"], "--compile"),
+        (["--workers", "many"], "expected auto or an int >= 0"),
     ]
     for argv, needle in cases:
         assert needle in main_error(argv, capsys), argv
@@ -183,6 +184,21 @@ def test_defaults_follow_the_issue():
     assert (args.keep_checkpoints, args.max_bad_steps, args.max_bad_files, args.clip_grad) == (5, 20, 0.01, None)
     assert train.parse_args(["--baseline"]).log_dir == "GQN"
     assert train.parse_args(["--device_ids"]).device_ids == [] and train.parse_args([]).device_ids is None
+
+
+def test_default_loader_workers_follow_the_device_and_this_processs_share_of_the_cores(monkeypatch):
+    cpu, gpu = distributed.Runtime(torch.device("cpu")), distributed.Runtime(torch.device("cuda", 0))
+    assert train.parse_args([]).workers == "auto" and train.parse_args(["--workers", "0"]).workers == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert train.default_workers(cpu) == 2 and train.default_workers(gpu) == 12
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun, 2 processes on this node: 8 cores each
+    assert train.default_workers(gpu) == 7
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert train.default_workers(gpu) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert train.default_workers(gpu) == 12
 
 
 def test_batches_must_split_over_gpus_and_processes():
