@@ -77,6 +77,15 @@ def main(args) -> int:
     except EpisodeError as e:
         print(f"error: {e} (pass --data_dir DIR with *.pt / *.pt.gz episodes)", file=sys.stderr)
         return 2
+    try:
+        return measure(args, paths)
+    except EpisodeError as e:
+        print(f"error: {e} (the benchmark needs undamaged episodes)", file=sys.stderr)
+        return 2
+
+
+def measure(args, paths) -> int:
+    data_dir = args.data_dir
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     n_views = args.context + 1

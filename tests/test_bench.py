@@ -78,6 +78,16 @@ def test_bench_data_compares_with_the_decode_everything_path(capsys):
     assert '"ratio"' in line
 
 
+def test_bench_data_on_a_damaged_episode_is_a_one_line_error(tmp_path, capsys):
+    from utils.dataset import load_episode, save_episode
+    episode = load_episode(sorted(SAMPLES.glob("*.pt"))[0])
+    save_episode(tmp_path / "bad.pt", [b"\xff\xd8" + bytes(100)] * len(episode), episode.cameras)  # undecodable
+    args = bench_data.parse_args(["--data_dir", str(tmp_path), "--rounds", "1", "--per_round", "1", "--img_size", "16"])
+    assert bench_data.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "bad.pt" in err[0]
+
+
 def test_step_times_reads_medians_after_the_skipped_steps(tmp_path, capsys):
     from bench import step_times
     from utils.summaries import open_writer
