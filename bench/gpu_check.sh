@@ -8,6 +8,9 @@
 #                 the naive reference where ours runs eager; TFLOP/s and the fraction of bf16 peak
 #                 (step_amp_compile_ro_cudnn: the CUDA-graphs step with torch.backends.cudnn.benchmark;
 #                 step_amp_compile_ro_b72: the same at batch 72, twice the paper's)
+#   ops           each convolution and matrix product of the bf16 step at the paper's size, replayed alone: calls,
+#                 time, TFLOP/s, and the time with channel counts padded to multiples of 8 (bench/bench_ops.py;
+#                 ops_cudnn: the same with torch.backends.cudnn.benchmark)
 #   loader        the training loader's throughput with 4, 8 and 12 workers, to compare with step throughput
 #   host          kernel launches timed alone and beside the training loader (its workers; its pin-memory
 #                 thread): what the loader costs a host-bound training loop (bench/bench_host.py)
@@ -27,7 +30,7 @@
 set -u
 DATA=${1:?usage: bash bench/gpu_check.sh DATA_DIR [OUT_DIR]}
 OUT_DIR=${2:-gpu_check_out}
-PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader host step_amp_compile step_amp_compile_2x2 step_amp_compile_ro step_amp_compile_ro_cudnn step_amp_compile_ro_b72 train_cli train_cli_graphs train_profile train_cli_rewritten"}
+PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader host step_amp_compile step_amp_compile_2x2 step_amp_compile_ro step_amp_compile_ro_cudnn step_amp_compile_ro_b72 ops ops_cudnn train_cli train_cli_graphs train_profile train_cli_rewritten"}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
@@ -68,6 +71,9 @@ run_part() {
     step_amp) part step_amp 75 $STEP --grid 1 --amp --profile 25 ;;
     step_amp_cl) part step_amp_cl 60 $STEP --grid 1 --amp --channels_last ;;
     step_amp_2x2) part step_amp_2x2 45 $STEP --grid 2 --amp --channels_last --no-naive ;;
+    ops) part ops 150 $PY bench/bench_ops.py --device cuda --amp --channels_last --pad 8 --rows 45 ;;
+    ops_cudnn) part ops_cudnn 150 $PY bench/bench_ops.py --device cuda --amp --channels_last --pad 8 --rows 45 \
+        --cudnn_benchmark ;;
     loader)
         for workers in 4 8 12; do
             part loader 45 $PY bench/bench_loader.py --data_dir "$DATA" --workers $workers --batch_size 36 \

@@ -1,6 +1,7 @@
 """The benchmarks the README quotes still run and report what they promise (tiny configurations: the
 numbers themselves are measured on purpose-run machines, not here)."""
 import json
+import re
 
 import pytest
 import torch
@@ -163,3 +164,56 @@ def test_profile_cli_profiles_only_the_steps_after_the_skipped_ones(tmp_path, ca
     assert train.Trainer.train_step is queue, "the patch is undone"
     with pytest.raises(SystemExit, match="none after --skip 10"):
         profile_cli.main(["--skip", "10", "--"] + tiny(tmp_path / "again", steps=2, data=SAMPLES, test_data=SAMPLES))
+
+
+def _tiny_step():
+    batch = bench_step.synthetic_batch(2, 1, 16, 1, "cpu")
+    model = SceneModel(ModelConfig(img_size=16, layers=1))
+    return bench_step.Stepper(model, batch, torch.device("cpu"), amp=False), model
+
+
+def test_bench_ops_records_every_flop_of_the_step():
+    """Replaying the recorded calls, each as often as the step made it, does the step's counted work."""
+    from bench import bench_ops
+    stepper, model = _tiny_step()
+    calls = bench_ops.record_step(stepper, model)
+    assert any(func in bench_ops.CONVOLUTIONS for func, _ in calls)
+    replayed = sum(bench_ops.flops_of(func, args, "cpu") * count for (func, args), count in calls.items())
+    assert replayed == bench_step.count_work(stepper, model)[0]
+
+
+def test_bench_ops_pads_only_the_channel_counts_that_need_it():
+    from bench import bench_ops
+    stepper, model = _tiny_step()
+    calls = bench_ops.record_step(stepper, model)
+    convolutions = [(func, args) for func, args in calls if func in bench_ops.CONVOLUTIONS]
+    padded = 0
+    for func, args in convolutions:
+        weight = args[2 if func is torch.ops.aten.convolution_backward.default else 1][0]
+        pad = bench_ops.padded(func, args, 8)
+        if weight[0] % 8 == 0 and weight[1] % 8 == 0:
+            assert pad is None
+            continue
+        padded += 1
+        new_func, new_args = pad
+        outputs = new_func(*(bench_ops._thaw(a, "cpu") for a in new_args))  # the padded call runs
+        for tensor in outputs if isinstance(outputs, tuple) else (outputs,):
+            if tensor is not None and tensor.dim() >= 2:  # (N, C_out, ...), grad (N, C_in, ...) or (C_out, C_in, ...)
+                assert tensor.shape[1] % 8 == 0
+    assert padded > 0  # the 3-channel images, at least
+
+
+def test_bench_ops_prints_a_table_and_a_json_line(capsys):
+    from bench import bench_ops
+    args = bench_ops.parse_args(["--device", "cpu", "--batch_size", "2", "--layers", "1", "--img_size", "16",
+                                 "--context_views", "1", "--reps", "1", "--pad", "8", "--rows", "5"])
+    result = bench_ops.main(args)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(lines[-1])["distinct_ops"] == len(result["rows"]) and len(lines) == 1 + 5 + 1
+    times = [row["ms_per_step"] for row in result["rows"]]
+    assert times == sorted(times, reverse=True)
+    for row in result["rows"]:
+        channels = re.search(r" (\d+)->(\d+) ", row["op"])  # convolutions only
+        needs_padding = channels is not None and any(int(c) % 8 for c in channels.groups())
+        assert ("padded_ms_per_call" in row) == needs_padding, row["op"]
+    assert result["calls"] == sum(row["calls"] for row in result["rows"])
