@@ -10,7 +10,8 @@ its own with fresh random tensors and timed, so the table says, per operation, h
 makes, how long they take and the TFLOP/s they reach: which convolutions keep the step below the GPU's
 peak. ``--pad P`` also times each convolution with its channel counts rounded up to a multiple of P, as
 zero-padded weights would run it (cuDNN pads channel counts that are not multiples of 8 itself, in
-extra kernels). The table comes first, slowest first; the last line printed is one JSON object.
+extra kernels). Each plain convolution is also timed as the matrix products of its implicit GEMM (column
+"GEMM ms/call"): what cuBLAS makes of the same arithmetic. The table comes first, slowest first; the last line printed is one JSON object.
 
 The replayed times leave out everything else a step does (element-wise work, Adam, launches), so their
 sum is a lower bound of the step's GPU time. A compiled step leaves convolutions and matrix products to
@@ -125,6 +126,35 @@ def padded(func, args: tuple, multiple: int):
     return func, tuple(args)
 
 
+def as_gemms(func, args: tuple):
+    """The matrix products a plain (not transposed, ungrouped) convolution amounts to, as implicit-GEMM
+    kernels see it: M = batch x output pixels, N = output channels, K = input channels x kernel area. The
+    backward has one product per gradient asked for (input: M x N by N x K; weight: N x M by M x K). Timing
+    them says what cuBLAS reaches on the convolution's arithmetic, without the im2col traffic. None for
+    other operations."""
+    if func not in CONVOLUTIONS:
+        return None
+    backward = func is torch.ops.aten.convolution_backward.default
+    x, w = (1, 2) if backward else (0, 1)
+    if args[x + 6] or args[x + 8] != 1:  # transposed or grouped
+        return None
+    (batch, _, *size), weight = args[x][0], args[w][0]
+    stride, padding, dilation = (args[x + i][1] for i in (3, 4, 5))
+    pixels = 1
+    for n, k, s, p, d in zip(size, weight[2:], stride, padding, dilation):
+        pixels *= (n + 2 * p - d * (k - 1) - 1) // s + 1
+    m, n, k = batch * pixels, weight[0], weight[1] * weight[2] * weight[3]
+    dtype = args[x][2]
+
+    def mm(rows, inner, cols):
+        return torch.ops.aten.mm.default, (TensorSpec(torch.empty(rows, inner, dtype=dtype, device="meta")),
+                                          TensorSpec(torch.empty(inner, cols, dtype=dtype, device="meta")))
+    if not backward:
+        return [mm(m, k, n)]
+    wanted = args[-1][1]
+    return [mm(m, n, k)] * wanted[0] + [mm(n, m, k)] * wanted[1]
+
+
 def flops_of(func, args: tuple, device) -> int:
     counter = FlopCounterMode(display=False)
     with counter:
@@ -210,6 +240,8 @@ def main(args) -> dict:
         row = {"op": describe(func, call_args), "calls": count, "ms_per_call": seconds * 1e3,
                "ms_per_step": seconds * 1e3 * count, "gflop_per_step": flops * count / 1e9,
                "tflops": flops / seconds / 1e12}
+        if gemms := as_gemms(func, call_args):
+            row["gemm_ms_per_call"] = sum(time_call(*gemm, device, args.reps) for gemm in gemms) * 1e3
         if args.pad and (pad := padded(func, call_args, args.pad)):
             row["padded_ms_per_call"] = time_call(*pad, device, args.reps) * 1e3
         rows.append(row)
@@ -217,13 +249,13 @@ def main(args) -> dict:
 
     total_ms = sum(r["ms_per_step"] for r in rows)
     total_gflop = sum(r["gflop_per_step"] for r in rows)
-    print(f"{'operation':<46} {'calls':>5} {'ms/call':>8} {'ms/step':>8} {'GFLOP':>8} {'TFLOP/s':>8}"
-          + (f" {'padded ms/call':>15}" if args.pad else ""))
+    columns = [("calls", "calls", "d"), ("ms/call", "ms_per_call", ".3f"), ("ms/step", "ms_per_step", ".2f"),
+               ("GFLOP", "gflop_per_step", ".1f"), ("TFLOP/s", "tflops", ".1f"), ("GEMM ms/call", "gemm_ms_per_call", ".3f")]
+    if args.pad:
+        columns.append((f"pad {args.pad} ms/call", "padded_ms_per_call", ".3f"))
+    print(f"{'operation':<48}" + "".join(f" {title:>14}" for title, _, _ in columns))
     for r in rows[:args.rows]:
-        padded_ms = r.get("padded_ms_per_call")
-        print(f"{r['op']:<46} {r['calls']:>5} {r['ms_per_call']:>8.3f} {r['ms_per_step']:>8.2f} "
-              f"{r['gflop_per_step']:>8.1f} {r['tflops']:>8.1f}"
-              + (f" {padded_ms:>15.3f}" if padded_ms is not None else (f" {'-':>15}" if args.pad else "")))
+        print(f"{r['op']:<48}" + "".join(f" {format(r[key], fmt) if key in r else '-':>14}" for _, key, fmt in columns))
     result = {"ops_ms_per_step": round(total_ms, 3), "gflop_per_step": round(total_gflop, 1),
               "tflops": round(total_gflop / total_ms, 2), "distinct_ops": len(rows),
               "calls": sum(calls.values()),
@@ -231,11 +263,14 @@ def main(args) -> dict:
               "config": {k: getattr(args, k) for k in ("batch_size", "layers", "img_size", "grid", "baseline",
                                                       "context_views", "amp", "channels_last", "cudnn_benchmark",
                                                       "pad", "reps")} | {"torch": torch.__version__}}
+    plain = [r for r in rows if "gemm_ms_per_call" in r]  # the convolutions with a GEMM equivalent
+    result["plain_convolutions_ms_per_step"] = round(sum(r["ms_per_step"] for r in plain), 3)
+    result["as_gemms_ms_per_step"] = round(sum(r["gemm_ms_per_call"] * r["calls"] for r in plain), 3)
     peak = bf16_peak_tflops(device)
     if peak:
         result["fraction_of_bf16_peak"] = round(result["tflops"] / peak, 4)
     if args.pad:
-        # The step as it would run with every convolution padded (those with nothing to pad unchanged).
+        # The operations as they would run with every convolution padded (those with nothing to pad unchanged).
         result["padded_ops_ms_per_step"] = round(sum(r.get("padded_ms_per_call", r["ms_per_call"]) * r["calls"]
                                                      for r in rows), 3)
     print(json.dumps(result))  # the table above holds the rows

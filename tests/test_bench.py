@@ -182,6 +182,20 @@ def test_bench_ops_records_every_flop_of_the_step():
     assert replayed == bench_step.count_work(stepper, model)[0]
 
 
+def test_bench_ops_gemms_do_the_arithmetic_of_the_convolution_they_stand_for():
+    from bench import bench_ops
+    stepper, model = _tiny_step()
+    calls = bench_ops.record_step(stepper, model)
+    plain = 0
+    for func, args in calls:
+        gemms = bench_ops.as_gemms(func, args)
+        if gemms is None:
+            continue
+        plain += 1
+        assert sum(bench_ops.flops_of(*gemm, "cpu") for gemm in gemms) == bench_ops.flops_of(func, args, "cpu")
+    assert plain > 0
+
+
 def test_bench_ops_pads_only_the_channel_counts_that_need_it():
     from bench import bench_ops
     stepper, model = _tiny_step()
@@ -217,3 +231,4 @@ def test_bench_ops_prints_a_table_and_a_json_line(capsys):
         needs_padding = channels is not None and any(int(c) % 8 for c in channels.groups())
         assert ("padded_ms_per_call" in row) == needs_padding, row["op"]
     assert result["calls"] == sum(row["calls"] for row in result["rows"])
+    assert 0 < result["as_gemms_ms_per_step"] and 0 < result["plain_convolutions_ms_per_step"] < result["ops_ms_per_step"]
