@@ -11,7 +11,8 @@ makes, how long they take and the TFLOP/s they reach: which convolutions keep th
 peak. ``--pad P`` also times each convolution with its channel counts rounded up to a multiple of P, as
 zero-padded weights would run it (cuDNN pads channel counts that are not multiples of 8 itself, in
 extra kernels). Each plain convolution is also timed as the matrix products of its implicit GEMM (column
-"GEMM ms/call"): what cuBLAS makes of the same arithmetic. The table comes first, slowest first; the last line printed is one JSON object.
+"GEMM ms/call"): what cuBLAS makes of the same arithmetic. The table comes first, slowest first; the
+last line printed is one JSON object.
 
 The replayed times leave out everything else a step does (element-wise work, Adam, launches), so their
 sum is a lower bound of the step's GPU time. A compiled step leaves convolutions and matrix products to
@@ -250,7 +251,8 @@ def main(args) -> dict:
     total_ms = sum(r["ms_per_step"] for r in rows)
     total_gflop = sum(r["gflop_per_step"] for r in rows)
     columns = [("calls", "calls", "d"), ("ms/call", "ms_per_call", ".3f"), ("ms/step", "ms_per_step", ".2f"),
-               ("GFLOP", "gflop_per_step", ".1f"), ("TFLOP/s", "tflops", ".1f"), ("GEMM ms/call", "gemm_ms_per_call", ".3f")]
+               ("GFLOP", "gflop_per_step", ".1f"), ("TFLOP/s", "tflops", ".1f"),
+               ("GEMM ms/call", "gemm_ms_per_call", ".3f")]
     if args.pad:
         columns.append((f"pad {args.pad} ms/call", "padded_ms_per_call", ".3f"))
     print(f"{'operation':<48}" + "".join(f" {title:>14}" for title, _, _ in columns))
