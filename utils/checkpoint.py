@@ -6,13 +6,12 @@ compile prefixes), ``optimizer_state_dict``, ``scheduler_state_dict``, ``sigma``
 (``vars()`` of the training command line) and RNG states. Checkpoints of the original
 implementation hold only ``epoch`` and ``model_state_dict`` (keys possibly prefixed ``module.``).
 """
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from models.scene import ModelConfig, SceneModel, clean_state_dict
+from utils.atomic import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -27,24 +26,12 @@ def save_checkpoint(payload: dict, path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException as error:
-        Path(temp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise OSError(error.errno, f"could not write checkpoint {path} ({error.strerror}); "
-                                       f"the previous checkpoints are intact") from error
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
+        with atomic_path(path) as temp:
+            torch.save(payload, temp)
+    except OSError as error:
+        raise OSError(error.errno, f"could not write checkpoint {path} ({error.strerror}); "
+                                   f"the previous checkpoints are intact") from error
 
 
 def load_checkpoint(path) -> dict:

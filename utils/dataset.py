@@ -37,7 +37,6 @@ import os
 import pickle
 import pickletools
 import re
-import secrets
 import sys
 import zlib
 from collections import namedtuple
@@ -49,6 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils.atomic import atomic_path
 from utils.command import print_error
 
 __all__ = [
@@ -462,31 +462,6 @@ def load_episode(path: str | os.PathLike) -> Episode:
 
 
 # ---- saving ----------------------------------------------------------------------------------------
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a hidden temp file in the same directory, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every platform lets a directory be opened
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
 def save_episode(path: str | os.PathLike, frames: Sequence[bytes], cameras: np.ndarray) -> None:
     """Write an episode in our format (see module docstring); gzip it if ``path`` ends with .gz.
 
@@ -507,7 +482,8 @@ def save_episode(path: str | os.PathLike, frames: Sequence[bytes], cameras: np.n
     data = buffer.getvalue()
     if path.name.endswith(".gz"):
         data = gzip.compress(data, compresslevel=6, mtime=0)  # mtime=0: same content, same bytes
-    _atomic_write(path, data)
+    with atomic_path(path) as temp:
+        temp.write_bytes(data)
 
 
 # ---- decoding --------------------------------------------------------------------------------------
