@@ -2,7 +2,8 @@
 
 For every grid size k the same hotels (k x k distinct episodes, context views, one query per maze,
 hotel position) are drawn from ``(seed, hotel index)`` by ``utils.hotel.plan_step``, independently of
-the models, so every checkpoint is scored on the same images. Per model and k the table holds:
+the models, so every checkpoint is scored on the same images (a model with C context views sees the first C
+of the ``PLANNED_CONTEXT_VIEWS`` planned per maze). Per model and k the table holds:
 
 * ``neg_elbo``: -ELBO in nats per query image (``nll + kl``), the training loss at the checkpoint's
   final pixel sigma (column ``sigma``). The likelihood is a continuous Gaussian, so this is a *density*
@@ -36,15 +37,19 @@ import torch.nn.functional as F
 
 from models.scene import SceneModel
 from utils import command
+from utils.atomic import atomic_path
 from utils.checkpoint import CheckpointError, model_from_checkpoint
 from utils.dataset import EpisodeError, list_episodes, load_episode, to_unit
-from utils.hotel import WORLD_MAZES, HotelBatch, StepPlan, build_hotels, episode_views, plan_step
+from utils.hotel import MAX_SEED, WORLD_MAZES, HotelBatch, StepPlan, build_hotels, episode_views, plan_step
 
 DEFAULT_SIGMA = 0.7  # the pixel sigma at the end of the original schedule, for checkpoints without one
 YAW_WEIGHT = 0.5  # world units per radian in pose_distance: a 90 degree turn ~ 0.8 units ~ 3 maze squares
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. (2004)
 SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # (K * data range)^2 with data range 1
 NEAREST, MEAN = "nearest context view", "mean image"
+# Context views planned per maze; a model with C views sees the first C. Fixed, so that a model's inputs do
+# not depend on the other checkpoints of the command (only one with more views than this changes them).
+PLANNED_CONTEXT_VIEWS = 64
 COLUMNS = ("model", "grid", "hotels", "queries", "img_size", "context_views", "sigma", "neg_elbo",
            "bits_per_dim", "kl", "mse", "psnr", "ssim", "rec_mse", "rec_psnr", "rec_ssim", "seconds", "steps", "train_grids", "inputs")
 
@@ -239,7 +244,8 @@ def finish(total: dict, queries: int) -> dict:
 
 @torch.no_grad()
 def evaluate_model(candidate: Candidate, batches, seed: int, device, progress=None) -> dict:
-    """Metrics of one model on one grid size's batches; the prior samples depend only on ``seed``."""
+    """Metrics of one model on one grid size's batches. The prior samples are drawn from ``seed``, chunk
+    after chunk, so they also depend on how many hotels a chunk holds (``--batch_size``)."""
     torch.manual_seed(seed)
     model, total, queries, seconds = candidate.model, {}, 0, 0.0
     for batch in batches:
@@ -294,31 +300,35 @@ def check_grids(grids: Sequence[int], n_episodes, candidates: Sequence[Candidate
                                       f"({candidate.max_grid}x{candidate.max_grid} mazes)")
 
 
-def run(args) -> List[dict]:
+def prepare(args):
+    """The test episodes and the checkpoints, checked against the grid sizes: (EpisodeCache, candidates)."""
+    check_grids(args.grids, None, (), args.test_data_dir)  # before any slow loading
+    load = EpisodeCache(args.test_data_dir)
+    candidates = [load_candidate(path, args.device, args.sigma) for path in args.saved_model]
+    unique_labels(candidates)
+    check_grids(args.grids, len(load), candidates, args.test_data_dir)
+    return load, candidates
+
+
+def run(args, load: EpisodeCache, candidates: Sequence[Candidate]) -> List[dict]:
     """All rows (models and references, every grid size) of one evaluation."""
     from tqdm import tqdm
 
-    device = torch.device(args.device)
-    check_grids(args.grids, None, (), args.test_data_dir)  # before any slow loading
-    load = EpisodeCache(args.test_data_dir)
-    candidates = [load_candidate(path, device, args.sigma) for path in args.saved_model]
-    unique_labels(candidates)
-    check_grids(args.grids, len(load), candidates, args.test_data_dir)
-    most_views = max(c.context_views for c in candidates)
+    device = args.device
+    planned_views = max([PLANNED_CONTEXT_VIEWS] + [c.context_views for c in candidates])
     settings = sorted({(c.img_size, c.context_views) for c in candidates})  # one set of references each
 
     def chunks(plans, candidate_size, views, raw):
-        per_chunk = max(1, args.batch_size)
-        for start in range(0, len(plans), per_chunk):
-            plan = merged([with_context_views(p, views) for p in plans[start:start + per_chunk]])
+        for start in range(0, len(plans), args.batch_size):
+            plan = merged([with_context_views(p, views) for p in plans[start:start + args.batch_size]])
             yield build_hotels(plan, load.views(candidate_size), raw)
 
-    n_chunks = math.ceil(args.episodes / max(1, args.batch_size))
+    n_chunks = math.ceil(args.episodes / args.batch_size)
     rows = []
     with tqdm(total=n_chunks * len(args.grids) * (len(candidates) + len(settings)), desc="evaluating",
               unit="batch", file=sys.stderr, dynamic_ncols=True) as progress:
         for grid in args.grids:
-            plans = evaluation_plans(args.seed, args.episodes, len(load), grid, most_views)
+            plans = evaluation_plans(args.seed, args.episodes, len(load), grid, planned_views)
             digest = plan_digest(plans)
             common = dict(grid=grid, hotels=len(plans), inputs=digest)
             for candidate in candidates:
@@ -335,10 +345,11 @@ def run(args) -> List[dict]:
 
 # ---- reports ---------------------------------------------------------------------------------------
 def cell(value, digits=4) -> str:
+    """A table cell: floats to ``digits`` significant digits."""
     if value is None or value == "":
         return ""
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:.4e}"
+        return f"{value:.{digits}g}"
     return str(value)
 
 
@@ -367,11 +378,12 @@ def markdown(rows: Sequence[dict], args) -> str:
     model_rows = [row for row in rows if "neg_elbo" in row]
     sigmas = sorted({row["sigma"] for row in model_rows})
     first = next(iter(by_key.values()))
+    sigma_source = "set by --sigma" if args.sigma is not None else "the checkpoint's final sigma"
     lines = [f"# Evaluation on `{args.test_data_dir}`", "",
              f"{first['hotels']} hotels per grid size (k x k distinct episodes each, one query per maze, seed "
              f"{args.seed}); every model sees identical inputs (column `inputs` of metrics.csv). "
              f"Generated views are sampled from the prior; -ELBO uses a Gaussian pixel likelihood with sigma "
-             f"{', '.join(cell(s) for s in sigmas)} (the checkpoint's final sigma), so it is a density, "
+             f"{', '.join(cell(s) for s in sigmas)} ({sigma_source}), so it is a density, "
              f"comparable only at equal sigma. References: `{NEAREST}` copies the query maze's context "
              f"image with the nearest pose (|dxy| + {YAW_WEIGHT} |dyaw|), `{MEAN}` is the mean of its "
              f"context images.", ""]
@@ -411,10 +423,11 @@ def plot(rows: Sequence[dict], path: Path) -> None:
             right.plot(grids, [row["neg_elbo"] for _, row in series], "-o", label=label)
     all_grids = sorted({row["grid"] for row in rows})
     trained = {row["train_grids"] for row in rows if row.get("train_grids")}
-    if len(trained) == 1:  # every model trained on the same sizes: shade them
-        largest = max(int(k) for k in trained.pop().split())
+    if len(trained) == 1:  # every model trained on the same sizes: shade those that were evaluated
+        shaded = sorted({int(k) for k in trained.pop().split()} & set(all_grids))
         for axis in (left, right):
-            axis.axvspan(min(all_grids) - 0.3, largest + 0.3, color="grey", alpha=0.12, label="trained sizes")
+            for i, k in enumerate(shaded):
+                axis.axvspan(k - 0.3, k + 0.3, color="grey", alpha=0.12, label="trained sizes" if i == 0 else None)
     for axis, title in ((left, "PSNR of generated views (dB)"), (right, "-ELBO (nats per image)")):
         axis.set_xlabel("hotel size k (k x k mazes)")
         axis.set_xticks(all_grids)
@@ -423,7 +436,7 @@ def plot(rows: Sequence[dict], path: Path) -> None:
     left.legend(fontsize=8)
     right.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, format="png")
     plt.close(figure)
 
 
@@ -434,26 +447,33 @@ def parse_args(argv=None):
     parser.add_argument("--test_data_dir", required=True, help="directory of episode files (.pt / .pt.gz)")
     parser.add_argument("--grids", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="hotel sizes k to test")
     parser.add_argument("--out", required=True, help="directory for metrics.csv, metrics.md and metrics.png")
-    parser.add_argument("--episodes", type=int, default=16, help="hotels per grid size")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the hotels and of the prior samples")
-    parser.add_argument("--batch_size", type=int, default=4, help="hotels per forward pass")
-    parser.add_argument("--sigma", type=float, default=None,
+    parser.add_argument("--episodes", type=command.number(int, 0), default=16, help="hotels per grid size")
+    parser.add_argument("--seed", type=command.number(int, 0, low_ok=True, high=MAX_SEED), default=0,
+                        help="seed of the hotels and of the prior samples")
+    parser.add_argument("--batch_size", type=command.number(int, 0), default=4,
+                        help="hotels per forward pass (the prior samples depend on it)")
+    parser.add_argument("--sigma", type=command.number(float, 0), default=None,
                         help=f"pixel sigma for -ELBO (default: the checkpoint's, else {DEFAULT_SIGMA})")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=command.torch_device, default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    if args.episodes < 1:
-        parser.error("--episodes must be at least 1")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a file, not a directory")
     return args
 
 
 def main(args) -> List[dict]:
-    rows = run(args)
+    load, candidates = prepare(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "metrics.csv")
+    out.mkdir(parents=True, exist_ok=True)  # before the evaluation, which may take hours
+    rows = run(args, load, candidates)
     table = markdown(rows, args)
-    (out / "metrics.md").write_text(table)
-    plot(rows, out / "metrics.png")
+    # All three reports are written before any replaces its old version: a failure (a full disk) leaves the
+    # previous run's reports as they were, not a mix of two runs.
+    with atomic_path(out / "metrics.csv") as csv_path, atomic_path(out / "metrics.md") as md_path, \
+            atomic_path(out / "metrics.png") as png_path:
+        write_csv(rows, csv_path)
+        md_path.write_text(table)
+        plot(rows, png_path)
     print(table)
     print(f"wrote {out / 'metrics.csv'}, {out / 'metrics.md'}, {out / 'metrics.png'}")
     return rows
@@ -461,7 +481,7 @@ def main(args) -> List[dict]:
 
 def cli(argv=None) -> int:
     """The command line: 0 on success; bad inputs print one line to stderr and return 2."""
-    return command.run("evaluate.py", parse_args, main, (CheckpointError, EpisodeError, EvaluationError), argv)
+    return command.run("evaluate.py", parse_args, main, (CheckpointError, EpisodeError, EvaluationError, OSError), argv)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ from models.scene import IMAGE_SIZES, ModelConfig, SceneModel
 from utils import distributed, optimizer, schedules, summaries
 from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from utils.checkpoint_dir import CheckpointDir
+from utils.command import number
 from utils.dataset import EpisodeError, list_episodes
-from utils.hotel import WORLD_MAZES, HotelSteps, step_key, step_loader
+from utils.hotel import MAX_SEED, WORLD_MAZES, HotelSteps, step_key, step_loader
 
 PROG = "train_scene_rendering.py"
 AUTO = "auto"
@@ -56,23 +57,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _number(kind, low, low_ok=False, high=None):
-    name = f"{kind.__name__} {'>=' if low_ok else '>'} {low}" + (f" and <= {high}" if high is not None else "")
-
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
-        if not ((value >= low if low_ok else value > low) and (high is None or value <= high)):
-            raise argparse.ArgumentTypeError(f"expected {name}, got {text}")
-        return value
-
-    return parse
-
-
 def _grid(text):
-    value = _number(int, 1, low_ok=True)(text)
+    value = number(int, 1, low_ok=True)(text)
     if value > WORLD_MAZES:
         raise argparse.ArgumentTypeError(f"a {value}x{value} hotel is larger than the world "
                                          f"({WORLD_MAZES}x{WORLD_MAZES} mazes)")
@@ -83,13 +69,13 @@ def _workers(text):
     if text == "auto":
         return text
     try:
-        return _number(int, 0, low_ok=True)(text)
+        return number(int, 0, low_ok=True)(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected auto or an int >= 0, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    positive, count, rate = _number(int, 0), _number(int, 0, low_ok=True), _number(float, 0)
+    positive, count, rate = number(int, 0), number(int, 0, low_ok=True), number(float, 0)
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = p.add_argument_group("data")
@@ -106,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--workers", type=_workers, default="auto",
                       help="DataLoader worker processes (0: load in-process; auto: 2 on CPU, on a GPU one per "
                            "core of this process's share of the machine, less one, at most 12)")
-    data.add_argument("--max_bad_files", type=_number(float, 0, low_ok=True, high=1), default=0.01,
+    data.add_argument("--max_bad_files", type=number(float, 0, low_ok=True, high=1), default=0.01,
                       help="stop if more than this fraction of the training episodes is damaged")
 
     model = p.add_argument_group("model")
@@ -119,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch_size", type=positive, default=36,
                        help="mazes (= query images) per step over all devices/processes; a k x k step "
                             "uses batch_size // k^2 hotels")
-    train.add_argument("--seed", type=count, default=0, help="seeds the model, every batch and the DRAW noise")
+    train.add_argument("--seed", type=number(int, 0, low_ok=True, high=MAX_SEED), default=0, help="seeds the model, every batch and the DRAW noise")
     train.add_argument("--lr", type=rate, default=schedules.LR, help="initial Adam learning rate")
     train.add_argument("--lr_final", type=rate, default=schedules.LR_FINAL, help="learning rate after --lr_steps")
     train.add_argument("--lr_steps", type=positive, default=schedules.LR_STEPS, help="learning-rate annealing steps")

@@ -19,12 +19,12 @@ MAZES = SHARED / "mazes" / "train"
 SAMPLES = REPO_ROOT / "data_samples" / "test"
 
 
-def tiny_checkpoint(path: Path, baseline: bool, seed: int = 0) -> Path:
+def tiny_checkpoint(path: Path, baseline: bool, seed: int = 0, context_views: int = 8) -> Path:
     torch.manual_seed(seed)
     model = SceneModel(ModelConfig(img_size=16, layers=2, baseline=baseline))
     save_checkpoint({"epoch": 0, "model_state_dict": model.state_dict(),
                      "args": {"img_size": 16, "layers": 2, "baseline": baseline, "raw_poses": False,
-                              "context_views": 8, "seed": 0}}, path)
+                              "context_views": context_views, "seed": 0}}, path)
     return path
 
 
@@ -156,6 +156,45 @@ def test_evaluation_is_finite_consistent_reproducible_and_writes_its_reports(che
     assert "PSNR of generated views" in capsys.readouterr().out
 
 
+def evaluation(*checkpoints, out, grids=("1",)):
+    argv = [a for path in checkpoints for a in ("--saved_model", str(path))]
+    return evaluate.parse_args(argv + ["--test_data_dir", str(SAMPLES), "--grids", *grids, "--episodes", "2",
+                                       "--batch_size", "1", "--out", str(out), "--device", "cpu"])
+
+
+def test_a_models_scores_do_not_depend_on_the_other_checkpoints_evaluated(checkpoints, tmp_path, capsys):
+    four = tiny_checkpoint(tmp_path / "four.pt", False, seed=1, context_views=4)
+    alone = evaluate.main(evaluation(four, out=tmp_path / "alone"))
+    beside = evaluate.main(evaluation(four, checkpoints[0], out=tmp_path / "beside"))
+    label = "GEN (four.pt)"
+    row, other = (next(r for r in rows if r["model"] == label) for rows in (alone, beside))
+    assert row["inputs"] == other["inputs"]
+    assert {k: row[k] for k in ("neg_elbo", "mse", "rec_mse")} == {k: other[k] for k in ("neg_elbo", "mse", "rec_mse")}
+
+
+def test_a_failed_write_leaves_the_previous_reports_as_they_were(checkpoints, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "eval"
+    evaluate.main(evaluation(checkpoints[0], out=out))
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert sorted(before) == ["metrics.csv", "metrics.md", "metrics.png"]
+
+    def disk_full(rows, path):
+        path.write_bytes(b"\x89PNG partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(evaluate, "plot", disk_full)
+    code = evaluate.cli(["--saved_model", str(checkpoints[0]), "--test_data_dir", str(SAMPLES), "--grids", "1", "2",
+                         "--episodes", "2", "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert code == 2 and err.startswith("evaluate.py: error: ") and "No space left on device" in err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # no mix of runs, no temporaries
+
+
+def test_the_csv_keeps_eight_significant_digits_of_large_values():
+    assert evaluate.cell(307123.456789, 8) == "307123.46"
+    assert evaluate.cell(1.5e-7, 8) == "1.5e-07"
+
+
 # ---- errors ----------------------------------------------------------------------------------------
 def run_cli(capsys, *argv):
     code = evaluate.cli(list(argv) + ["--out", "unused", "--device", "cpu"])
@@ -188,6 +227,29 @@ def test_too_many_mazes_for_the_episodes_in_the_directory(checkpoints, tmp_path,
     code, err = run_cli(capsys, "--saved_model", str(checkpoints[0]), "--test_data_dir", str(tmp_path),
                         "--grids", "1", "2")
     assert code == 2 and "grid 2x2 needs 4 distinct episodes" in err and "holds 3" in err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--sigma", "0", "expected float > 0"), ("--sigma", "nan", "expected float > 0"),
+    ("--batch_size", "0", "expected int > 0"), ("--episodes", "-1", "expected int > 0"),
+    ("--seed", "99999999999999999999", "expected int >= 0 and <= 2147483647"),
+    ("--device", "foo", "expected a device such as cpu, cuda or cuda:0"),
+])
+def test_bad_arguments_are_refused_before_anything_is_loaded(checkpoints, flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.parse_args(["--saved_model", str(checkpoints[0]), "--test_data_dir", str(SAMPLES), "--out", "o",
+                             flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and message in err[-1]
+
+
+def test_an_out_path_that_is_a_file_is_refused_at_once(checkpoints, tmp_path, capsys):
+    taken = tmp_path / "report"
+    taken.write_text("mine")
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--saved_model", str(checkpoints[0]), "--test_data_dir", str(SAMPLES),
+                             "--out", str(taken)])
+    assert "is a file, not a directory" in capsys.readouterr().err and taken.read_text() == "mine"
 
 
 def test_the_script_exits_nonzero_with_one_line_and_no_traceback(tmp_path):

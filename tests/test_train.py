@@ -150,6 +150,8 @@ def test_bad_flags_exit_with_one_line_before_any_work(scratch, capsys):
         (["--device_ids", "x"], "--device_ids"),
         (["--compile", "fast"], "--compile"),
         (["--workers", "many"], "expected auto or an int >= 0"),
+        (["--seed", str(2 ** 31)], "expected int >= 0 and <= 2147483647"),  # beyond what step_key keeps apart
+        (["--lr", "inf"], "expected float > 0, got inf"),
     ]
     for argv, needle in cases:
         assert needle in main_error(argv, capsys), argv

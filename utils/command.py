@@ -1,5 +1,7 @@
 """How the command-line tools report errors: one line on stderr, ``prog: error: ...`` (argparse's form), and a
-non-zero exit status, never a traceback."""
+non-zero exit status, never a traceback; and the argument types that refuse bad values at parse time."""
+import argparse
+import math
 import sys
 from typing import Callable, Optional, Sequence, Tuple, Type
 
@@ -18,3 +20,38 @@ def run(prog: str, parse_args: Callable, main: Callable, user_errors: Tuple[Type
 
 def print_error(prog: str, message) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+def number(kind, low, low_ok=False, high=None):
+    """An argparse type: ``kind`` (int or float) above ``low`` (or at it, with ``low_ok``), at most ``high``;
+    floats must be finite."""
+    name = f"{kind.__name__} {'>=' if low_ok else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if not (math.isfinite(value) and (value >= low if low_ok else value > low) and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text}")
+        return value
+
+    return parse
+
+
+def torch_device(text):
+    """An argparse type: a torch device that exists here (``cpu``, ``cuda``, ``cuda:1``)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:0, got {text!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"expected cpu or cuda[:N], got {text!r}")
+    return device

@@ -52,8 +52,12 @@ class StepPlan(NamedTuple):
     origin: torch.Tensor  # (H, 2) lower-left world corner of each hotel
 
 
+MAX_SEED = 2 ** 31 - 1  # step_key stays below 2^64, the largest seed a torch.Generator takes, for 10^14 steps
+
+
 def step_key(seed: int, step: int, rank: int) -> int:
-    """One integer per (seed, step, rank), distinct for all of them; the large multipliers keep them apart."""
+    """One integer per (seed, step, rank), distinct for all of them (steps below 1,000,003, ranks below 7,919);
+    the large multipliers keep them apart."""
     return (seed * 1_000_003 + step) * 7_919 + rank
 
 
