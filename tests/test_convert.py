@@ -1,7 +1,9 @@
 """TFRecord reading (framing, CRC32C, tf.train.Example) and the TFRecord -> episode converter."""
 
+import errno
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import struct
@@ -197,3 +199,190 @@ def test_convert_bad_example_content(tmp_path, capsys):
     assert [p.name for p in (tmp_path / "dst" / "test").iterdir()] == ["t-0000.pt"]
     assert hashlib.sha256(b"".join(load_episode(tmp_path / "dst" / "test" / "t-0000.pt").frames)).hexdigest() == \
         hashlib.sha256(good_jpeg * 2).hexdigest()
+
+
+# ---- OS errors stop the run (issue: disk full, DST a file) -----------------------------------------------
+def tiny_src(root, names=("test/t",), records=3):
+    """SRC with one tfrecord per name ("split/stem"), each of ``records`` good 2-frame episodes."""
+    good_jpeg = b"\xff\xd8\xff\xe0" + b"\x00" * 20
+    payload = example({"frames": [good_jpeg] * 2, "cameras": np.arange(10, dtype=np.float32)})
+    for name in names:
+        path = root / f"{name}.tfrecord"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(tfrecord_bytes([payload] * records))
+    return root
+
+
+def test_convert_disk_full_stops_and_a_rerun_resumes(tmp_path, monkeypatch, capsys):
+    src, dst = tiny_src(tmp_path / "src"), tmp_path / "dst"
+    real_save, calls = convert.save_episode, []
+
+    def save_then_disk_full(path, frames, cameras):
+        calls.append(path)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write to a full disk raises it
+        real_save(path, frames, cameras)
+
+    monkeypatch.setattr(convert, "save_episode", save_then_disk_full)
+    assert convert.main([str(src), str(dst), "--no_progress"]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"python utils/convert.py: error: {dst / 'test' / 't-0001.pt'}: No space left on device")
+    assert "run the same command again to resume" in err and "record 1" not in err  # not a per-record error
+    assert len(calls) == 2 and out == ""  # stopped at the failure, no summary
+    first = dst / "test" / "t-0000.pt"
+    assert [p.name for p in (dst / "test").iterdir()] == [first.name]
+    stamp = first.stat().st_mtime_ns
+
+    monkeypatch.setattr(convert, "save_episode", real_save)
+    assert convert.main([str(src), str(dst), "--no_progress"]) == 0
+    assert "2 episodes written, 1 already there, 0 errors" in capsys.readouterr().out
+    assert first.stat().st_mtime_ns == stamp
+    for p in sorted((dst / "test").iterdir()):
+        assert load_episode(p).cameras.tobytes() == np.arange(10, dtype=np.float32).tobytes()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_convert_script_dst_is_a_file(tmp_path, workers):
+    src = tiny_src(tmp_path / "src", names=("train/a", "test/b"), records=1)
+    dst = tmp_path / "dst"
+    dst.write_text("a file the user saved")
+    result = subprocess.run([sys.executable, "utils/convert.py", str(src), str(dst), "--workers", workers,
+                             "--no_progress"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("python utils/convert.py: error: ") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr and f"{dst}/" in result.stderr and "Not a directory" in result.stderr
+    assert dst.read_text() == "a file the user saved"
+
+
+def test_worker_stop_skips_the_remaining_files(tmp_path, monkeypatch):
+    """Once one file stopped the run on an OS error, pool workers start no further file."""
+    src = tiny_src(tmp_path / "src", names=("train/a", "test/b"), records=1)
+    (tmp_path / "file").write_text("")
+    stop = multiprocessing.Event()
+    monkeypatch.setattr(convert, "_stop", stop)
+    monkeypatch.setattr(convert, "_progress_counter", multiprocessing.Value("q", 0))
+    assert convert._convert_job((src / "train" / "a.tfrecord", tmp_path / "out" / "train")).written == 1
+    assert not stop.is_set()
+    with pytest.raises(convert.ConvertError, match="Not a directory"):
+        convert._convert_job((src / "test" / "b.tfrecord", tmp_path / "file" / "test"))
+    assert stop.is_set()
+    assert convert._convert_job((src / "test" / "b.tfrecord", tmp_path / "out" / "test")) is None
+    assert not (tmp_path / "out" / "test").exists()
+
+
+def test_convert_workers_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        convert.parse_args(["src", "dst", "--workers", "0"])
+    assert exit_.value.code == 2 and "error: argument --workers: expected int >= 1, got 0" in capsys.readouterr().err
+
+
+# ---- protobuf merge semantics: a field seen twice ----------------------------------------------------------
+def bytes_list(*values) -> bytes:  # a Feature's bytes_list (field 1)
+    return field(1, b"".join(field(1, v) for v in values))
+
+
+def float_list(*values) -> bytes:  # a Feature's float_list (field 2), packed
+    return field(2, field(1, np.array(values, "<f4").tobytes()))
+
+
+def int64_list(*values) -> bytes:  # a Feature's int64_list (field 3), one varint per field
+    return field(3, b"".join(b"\x08" + varint(v) for v in values))
+
+
+def entry(key: str, *values: bytes) -> bytes:  # a Features map entry; each value a serialised Feature
+    return field(1, field(1, key.encode()) + b"".join(field(2, v) for v in values))
+
+
+# name: (serialised Example, what protobuf decodes it to)
+MERGE_CASES = {
+    # a Feature whose bytes_list appears twice: the lists are concatenated, not replaced
+    "bytes_list twice": (field(1, entry("f", bytes_list(b"A") + bytes_list(b"B"))), {"f": [b"A", b"B"]}),
+    "float_list twice": (field(1, entry("f", float_list(1.5) + float_list(-2.0, 3.0))),
+                         {"f": np.array([1.5, -2.0, 3.0], np.float32)}),
+    "int64_list twice": (field(1, entry("f", int64_list(7) + int64_list(-1, 2))),
+                         {"f": np.array([7, -1, 2], np.int64)}),
+    # the map entry's value appears twice: the two Features are merged
+    "map value twice": (field(1, entry("f", bytes_list(b"A"), bytes_list(b"B", b"C"))), {"f": [b"A", b"B", b"C"]}),
+    # a oneof: another kind replaces the list, and a kind seen again after it starts afresh
+    "kind switched back": (field(1, entry("f", bytes_list(b"A") + float_list(1.0) + bytes_list(b"B"))), {"f": [b"B"]}),
+    "kind switched in map value": (field(1, entry("f", bytes_list(b"A"), int64_list(5))),
+                                   {"f": np.array([5], np.int64)}),
+    # a repeated map key: the last entry wins, whole (map entries are not merged)
+    "map key twice": (field(1, entry("f", bytes_list(b"A")) + entry("f", bytes_list(b"B"))), {"f": [b"B"]}),
+    # Example.features twice: the maps are merged, key by key
+    "features twice": (field(1, entry("f", bytes_list(b"A"))) + field(1, entry("g", int64_list(1)) +
+                                                                      entry("f", bytes_list(b"B"))),
+                       {"f": [b"B"], "g": np.array([1], np.int64)}),
+    "no kind": (field(1, entry("f")), {"f": []}),
+}
+
+
+def same_features(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        type(a[k]) is type(b[k]) and (a[k] == b[k] if isinstance(a[k], list) else
+                                      a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes())
+        for k in a)
+
+
+@pytest.mark.parametrize("case", MERGE_CASES)
+def test_parse_example_merges_repeated_fields(case):
+    payload, expected = MERGE_CASES[case]
+    assert same_features(parse_example(payload), expected)
+
+
+def protobuf_example_class():
+    """tf.train.Example's message class, built from its schema with the protobuf library (no TensorFlow)."""
+    pytest.importorskip("google.protobuf")
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    F = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="test_example.proto", package="t", syntax="proto3")
+    for name, kind in (("BytesList", F.TYPE_BYTES), ("FloatList", F.TYPE_FLOAT), ("Int64List", F.TYPE_INT64)):
+        proto.message_type.add(name=name).field.add(name="value", number=1, type=kind, label=F.LABEL_REPEATED)
+    feature = proto.message_type.add(name="Feature")
+    feature.oneof_decl.add(name="kind")
+    for number, name in enumerate(("BytesList", "FloatList", "Int64List"), 1):
+        feature.field.add(name=f"list{number}", number=number, type=F.TYPE_MESSAGE, type_name=f".t.{name}",
+                          label=F.LABEL_OPTIONAL, oneof_index=0)
+    features = proto.message_type.add(name="Features")
+    features.field.add(name="feature", number=1, type=F.TYPE_MESSAGE, type_name=".t.Features.FeatureEntry",
+                       label=F.LABEL_REPEATED)
+    map_entry = features.nested_type.add(name="FeatureEntry")
+    map_entry.options.map_entry = True
+    map_entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    map_entry.field.add(name="value", number=2, type=F.TYPE_MESSAGE, type_name=".t.Feature", label=F.LABEL_OPTIONAL)
+    proto.message_type.add(name="Example").field.add(name="features", number=1, type=F.TYPE_MESSAGE,
+                                                     type_name=".t.Features", label=F.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("t.Example"))
+
+
+def protobuf_features(example_class, payload: bytes) -> dict:
+    decoded = {}
+    for key, feature in example_class.FromString(payload).features.feature.items():
+        kind = feature.WhichOneof("kind")
+        values = list(getattr(feature, kind).value) if kind else []
+        decoded[key] = (values if kind in ("list1", None) else
+                        np.array(values, np.float32 if kind == "list2" else np.int64))
+    return decoded
+
+
+def test_parse_example_merges_as_protobuf_does():
+    """Cross-check with the protobuf library where it is installed: the cases above and random sequences of
+    repeated lists, kinds, map values and keys."""
+    example_class = protobuf_example_class()
+    for payload, expected in MERGE_CASES.values():
+        assert same_features(protobuf_features(example_class, payload), expected)
+    rng = np.random.default_rng(0)
+    makers = [lambda: bytes_list(*[bytes([int(b)]) for b in rng.integers(0, 256, rng.integers(0, 3))]),
+              lambda: float_list(*rng.standard_normal(rng.integers(0, 3))),
+              lambda: int64_list(*[int(v) for v in rng.integers(-5, 5, rng.integers(0, 3))])]
+    for _ in range(300):
+        entries = b"".join(entry(str(rng.integers(0, 2)), *[b"".join(makers[rng.integers(0, 3)]()
+                                                                     for _ in range(rng.integers(0, 3)))
+                                                            for _ in range(rng.integers(0, 3))])
+                           for _ in range(rng.integers(1, 4)))
+        payload = field(1, entries) * int(rng.integers(1, 3))
+        assert same_features(parse_example(payload), protobuf_features(example_class, payload)), payload

@@ -2,6 +2,8 @@
 
 import io
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +177,68 @@ def test_command_line_writes_readable_episodes(tmp_path):
     train0 = load_episode(tmp_path / "a" / "train" / "maze-0000.pt")
     test0 = load_episode(tmp_path / "a" / "test" / "maze-0000.pt")
     assert train0.frames != test0.frames
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--views", "0", "expected int >= 1, got 0"), ("--views", "-5", "expected int >= 1, got -5"),
+    ("--seed", "-1", "expected int >= 0, got -1"), ("--train", "-3", "expected int >= 0, got -3"),
+    ("--test", "-1", "expected int >= 0, got -1"), ("--quality", "101", "expected int >= 0 and <= 100, got 101"),
+])
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, flag, value, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        mm.cli(["--out", str(tmp_path / "o"), flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err[-1] == f"python utils/make_mazes.py: error: argument {flag}: {message}"
+    assert not (tmp_path / "o").exists()
+
+
+def test_smallest_arguments_are_accepted(tmp_path):
+    out = tmp_path / "o"
+    assert mm.cli(["--out", str(out), "--train", "1", "--test", "0", "--views", "1", "--seed", "0",
+                   "--quality", "0", "--contact-sheet", ""]) == 0
+    assert [p.name for p in list_episodes(out / "train")] == ["maze-0000.pt"]
+    assert len(load_episode(out / "train" / "maze-0000.pt")) == 1
+    assert list((out / "test").iterdir()) == []
+
+
+def test_runs_never_mix_in_one_folder(tmp_path, capsys):
+    out = tmp_path / "o"
+    base = ["--out", str(out), "--test", "0", "--views", "2", "--contact-sheet", ""]
+    assert mm.cli(base + ["--train", "3", "--seed", "0"]) == 0
+    first_run = {p.name: p.read_bytes() for p in (out / "train").iterdir()}
+    assert len(first_run) == 6  # 3 episodes and their maps
+    capsys.readouterr()
+
+    # another seed into the same folder: refused before writing, the first run's files untouched
+    assert mm.cli(base + ["--train", "1", "--seed", "5"]) == 2
+    assert capsys.readouterr().err == (f"python utils/make_mazes.py: error: {out / 'train'} already holds 3 episode "
+                                       "file(s), e.g. maze-0000.pt; remove them or choose another --out, so that "
+                                       "two runs' episodes never mix\n")
+    assert {p.name: p.read_bytes() for p in (out / "train").iterdir()} == first_run
+
+    # a split this run writes nothing to is checked too, for any episode file (not only maze-*)
+    for p in (out / "train").iterdir():
+        p.rename(out / "test" / f"other-{p.name}")
+    assert mm.cli(base + ["--train", "1", "--seed", "5"]) == 2
+    assert f"error: {out / 'test'} already holds 3 episode file(s), e.g. other-maze-0000.pt" in capsys.readouterr().err
+    assert list((out / "train").iterdir()) == []
+
+    for p in (out / "test").iterdir():
+        p.unlink()
+    assert mm.cli(base + ["--train", "1", "--seed", "5"]) == 0
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["maze-0000.map.png", "maze-0000.pt"]
+    expected = mm.make_episode(mm.episode_rng(5, "train", 0), n_views=2)[1]
+    assert load_episode(out / "train" / "maze-0000.pt").frames == expected
+
+
+def test_script_out_is_a_file_one_line_error(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    result = subprocess.run([sys.executable, "utils/make_mazes.py", "--out", str(taken), "--train", "1", "--test",
+                             "0", "--views", "1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.startswith("python utils/make_mazes.py: error: ") and result.stderr.count("\n") == 1
+    assert "Not a directory" in result.stderr and taken.read_text() == "mine"
 
 
 def test_committed_data_samples():

@@ -11,7 +11,9 @@ Records are streamed one at a time; both CRCs of every record are checked. Files
 ``--workers`` processes. Outputs are written atomically, and outputs that already exist are skipped
 without reading their records, so an interrupted run is resumed by running the same command again.
 A corrupt record is reported with its file and index (the rest of that file is not trusted and left
-unconverted); other files go on, and the exit status is 1. A missing SRC layout exits with status 2.
+unconverted); other files go on, and the exit status is 1. A missing SRC layout exits with status 2, and
+so does an OS error (disk full, DST not a folder, an unreadable file): it stops the whole run with one line
+naming the path; the episodes written so far are complete, and running the same command again resumes.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from utils.command import print_error  # noqa: E402
+from utils.command import number, print_error  # noqa: E402
 from utils.dataset import CAMERA_FIELDS, EpisodeError, save_episode  # noqa: E402
 from utils.tfrecord import TFRecordError, iter_records, parse_example  # noqa: E402
 
@@ -39,7 +41,15 @@ TFRECORD_SUFFIX = ".tfrecord"
 
 
 class ConvertError(Exception):
-    """Nothing to convert (bad SRC layout)."""
+    """A problem that stops the whole run: nothing to convert (bad SRC layout), or an OS error."""
+
+
+def stopped_by(error: OSError, path) -> ConvertError:
+    """The run stops at an OS error rather than noting it per record: the next write (or file) would most
+    likely fail alike (disk full, DST not a folder). Outputs are written atomically, so a rerun resumes."""
+    where = f"{path}: " if path is not None else ""
+    return ConvertError(f"{where}{error.strerror or error} (the episodes written so far are kept: "
+                        "fix this and run the same command again to resume)")
 
 
 @dataclass
@@ -81,10 +91,10 @@ def episode_arrays(features: dict, where: str) -> tuple[list[bytes], np.ndarray]
 
 
 def convert_file(tfrecord: Path, out_dir: Path, progress: Callable[[int], None] = lambda n: None) -> FileResult:
-    """Convert one TFRecord file; ``progress(n)`` is called with the number of input bytes dealt with."""
+    """Convert one TFRecord file; ``progress(n)`` is called with the number of input bytes dealt with.
+
+    Bad records are noted in the result; an OS error raises ConvertError (see :func:`stopped_by`)."""
     result = FileResult(str(tfrecord))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    size, done = tfrecord.stat().st_size, 0
 
     def wanted(index: int) -> bool:
         if output_path(out_dir, tfrecord, index).exists():
@@ -93,6 +103,8 @@ def convert_file(tfrecord: Path, out_dir: Path, progress: Callable[[int], None] 
         return True
 
     try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        size, done = tfrecord.stat().st_size, 0
         for index, payload in iter_records(tfrecord, select=wanted):
             where = f"{tfrecord}: record {index}"
             try:
@@ -100,27 +112,33 @@ def convert_file(tfrecord: Path, out_dir: Path, progress: Callable[[int], None] 
             except ValueError as e:
                 result.errors.append(f"{where}: {e}")
                 continue
+            path = output_path(out_dir, tfrecord, index)
             try:
                 frames, cameras = episode_arrays(features, where)
-                save_episode(output_path(out_dir, tfrecord, index), frames, cameras)
+                save_episode(path, frames, cameras)
             except EpisodeError as e:
                 result.errors.append(f"{where}: {e}")
                 continue
+            except OSError as e:  # named by the episode, not by the hidden temp file it failed on
+                raise stopped_by(e, path) from None
             result.written += 1
             done += len(payload) + 16  # + framing: length, two CRCs
             progress(len(payload) + 16)
     except TFRecordError as e:
         result.errors.append(str(e))
+    except OSError as e:  # creating DST/<split>, reading the tfrecord, checking for an output
+        raise stopped_by(e, e.filename or tfrecord) from None
     progress(max(size - done, 0))  # skipped records and whatever was left unread
     return result
 
 
 _progress_counter = None  # a shared multiprocessing.Value in pool workers
+_stop = None  # a shared multiprocessing.Event: set once a worker's file stopped the run
 
 
-def _init_worker(counter) -> None:
-    global _progress_counter
-    _progress_counter = counter
+def _init_worker(counter, stop) -> None:
+    global _progress_counter, _stop
+    _progress_counter, _stop = counter, stop
 
 
 def _add_progress(n: int) -> None:
@@ -128,8 +146,15 @@ def _add_progress(n: int) -> None:
         _progress_counter.value += n
 
 
-def _convert_job(job: tuple[Path, Path]) -> FileResult:
-    return convert_file(*job, progress=_add_progress)
+def _convert_job(job: tuple[Path, Path]) -> FileResult | None:
+    """None: not started because another file stopped the run (the pool still hands out every job)."""
+    if _stop.is_set():
+        return None
+    try:
+        return convert_file(*job, progress=_add_progress)
+    except ConvertError:
+        _stop.set()
+        raise
 
 
 def convert(src: Path, dst: Path, workers: int = 1, show_progress: bool = True) -> list[FileResult]:
@@ -143,14 +168,15 @@ def convert(src: Path, dst: Path, workers: int = 1, show_progress: bool = True) 
     # fork (as DataLoader does on Linux) spares each worker a fresh torch import; the workers only
     # copy bytes and call torch.save. The pool starts before tqdm's monitor thread exists.
     ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    counter = ctx.Value("q", 0)
-    with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(counter,)) as pool, bar() as progress:
+    counter, stop = ctx.Value("q", 0), ctx.Event()
+    with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(counter, stop)) as pool, \
+            bar() as progress:
         pending = pool.map_async(_convert_job, jobs, chunksize=1)
         while not pending.ready():
             pending.wait(0.25)
             if counter.value > progress.n:
                 progress.update(counter.value - progress.n)
-        results = pending.get()
+        results = pending.get()  # re-raises a worker's ConvertError (once every job has returned)
         progress.update(counter.value - progress.n)
     return results
 
@@ -162,7 +188,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("src", type=Path, metavar="SRC", help="folder with train/*.tfrecord and/or test/*.tfrecord")
     p.add_argument("dst", type=Path, metavar="DST", help="output folder; DST/train and DST/test are created")
-    p.add_argument("--workers", type=int, default=1, help="processes converting files in parallel (default 1)")
+    p.add_argument("--workers", type=number(int, 1, low_ok=True), default=1,
+                   help="processes converting files in parallel (default 1)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -173,6 +200,9 @@ def main(argv=None) -> int:
         results = convert(args.src, args.dst, workers=args.workers, show_progress=not args.no_progress)
     except ConvertError as e:
         print_error(PROG, e)
+        return 2
+    except OSError as e:  # outside any one file's conversion (listing SRC)
+        print_error(PROG, stopped_by(e, e.filename))
         return 2
     errors = [e for r in results for e in r.errors]
     for e in errors:

@@ -5,7 +5,8 @@
 
 Each episode is one random maze seen from 300 first-person views, written with
 `utils.dataset.save_episode` as `OUT/{train,test}/maze-NNNN.pt` (84x84 RGB JPEG bytes + float32 cameras
-(300, 5) = x, y, z, yaw, pitch), with a top-down map `maze-NNNN.map.png` beside it.
+(300, 5) = x, y, z, yaw, pitch), with a top-down map `maze-NNNN.map.png` beside it. OUT/train and
+OUT/test must not hold episode files yet (the run stops with an error before writing), so runs never mix.
 
 Maze. A 7 x 7 grid of cells (wall or floor) inside an outer wall, with one or two rectangular rooms
 (3x3, 3x5 or 5x3 cells) joined by one-cell corridors: a random spanning tree (Kruskal) over the cells
@@ -62,6 +63,10 @@ from PIL import Image
 
 if __package__ in (None, ""):  # run as a script: make `utils` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils import command  # noqa: E402
+
+PROG = "python utils/make_mazes.py"
 
 # --- Geometry of a maze (real data's units) ---------------------------------------------------------
 GRID = 7                        # cells per side
@@ -630,14 +635,39 @@ def contact_sheet(episodes: list[tuple[list[bytes], Image.Image]], views: int = 
     return sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST)
 
 
+class MazeError(Exception):
+    """The output folder cannot take this run's episodes."""
+
+
+def check_no_episodes(out: str) -> None:
+    """Refuse split folders that already hold episodes: this run's would mix with them (an earlier run's
+    higher-numbered mazes stay behind, another seed's are overwritten by number), and a user's episodes
+    would be lost."""
+    from utils.dataset import EPISODE_SUFFIXES
+
+    for split in SPLITS:
+        folder = os.path.join(out, split)
+        if not os.path.isdir(folder):
+            continue
+        old = sorted(n for n in os.listdir(folder) if n.endswith(EPISODE_SUFFIXES) and not n.startswith("."))
+        if old:
+            raise MazeError(f"{folder} already holds {len(old)} episode file(s), e.g. {old[0]}; remove them or "
+                            "choose another --out, so that two runs' episodes never mix")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="data_samples", help="output folder (gets train/ and test/)")
-    p.add_argument("--train", type=int, default=16, help="number of training episodes")
-    p.add_argument("--test", type=int, default=25, help="number of test episodes (25 fill the largest, 5x5, test hotel)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--views", type=int, default=N_VIEWS, help="views per episode")
-    p.add_argument("--quality", type=int, default=JPEG_QUALITY, help="JPEG quality")
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="data_samples",
+                   help="output folder (gets train/ and test/); refused if its train/ or test/ already holds "
+                        "episode files (*.pt, *.pt.gz): remove them first to regenerate, so runs never mix")
+    count = command.number(int, 0, low_ok=True)
+    p.add_argument("--train", type=count, default=16, help="number of training episodes")
+    p.add_argument("--test", type=count, default=25,
+                   help="number of test episodes (25 fill the largest, 5x5, test hotel)")
+    p.add_argument("--seed", type=count, default=0, help="any integer >= 0")
+    p.add_argument("--views", type=command.number(int, 1, low_ok=True), default=N_VIEWS, help="views per episode")
+    p.add_argument("--quality", type=command.number(int, 0, low_ok=True, high=100), default=JPEG_QUALITY,
+                   help="JPEG quality, 0 to 100")
     p.add_argument("--contact-sheet", default="contact_sheet.png",
                    help="file name (inside --out) of a sheet of the first 4 training episodes; '' for none")
     return p.parse_args(argv)
@@ -646,6 +676,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     import utils.dataset  # noqa: F401  (imports torch: keep it out of the timing)
 
+    check_no_episodes(args.out)  # before writing anything
     start = time.perf_counter()
     n, sheet_rows = 0, []
     for split in SPLITS:
@@ -660,5 +691,10 @@ def main(args: argparse.Namespace) -> None:
     print(f"wrote {n} episodes to {args.out} in {took:.1f} s ({n / max(took, 1e-9):.2f} episodes/s)")
 
 
+def cli(argv=None) -> int:
+    """The command line: 0 on success; bad inputs (and OS errors) print one line to stderr and return 2."""
+    return command.run(PROG, parse_args, main, (MazeError, OSError), argv)
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(cli())

@@ -19,6 +19,10 @@ The subset of protobuf needed for ``tf.train.Example``::
     BytesList { repeated bytes value = 1; }
     FloatList { repeated float value = 1 [packed = true]; }   # packed or not, both accepted
     Int64List { repeated int64 value = 1 [packed = true]; }
+
+A field that appears more than once is merged as protobuf merges it: a Feature's list seen again is
+extended (a list of another kind replaces it: ``kind`` is a oneof), a map entry's value seen twice is
+merged likewise, and of two entries with the same key the last wins.
 """
 
 from __future__ import annotations
@@ -207,39 +211,49 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _parse_feature(buf: memoryview, start: int, end: int):
-    value = None
-    for number, wire, span in _fields(buf, start, end):
-        if wire != _LEN or number not in (1, 2, 3):
-            continue
-        items: list = []
-        for inner, inner_wire, v in _fields(buf, *span):
-            if inner != 1:
+def _parse_feature(buf: memoryview, spans: list[tuple[int, int]]):
+    """The Feature whose serialised parts are ``spans``, merged as protobuf merges: a list kind seen again
+    appends to its values; a different kind replaces it (a oneof). None if no kind is set."""
+    number, items = None, []
+    for span in spans:
+        for kind, wire, list_span in _fields(buf, *span):
+            if wire != _LEN or kind not in (1, 2, 3):
                 continue
-            if number == 1 and inner_wire == _LEN:  # BytesList
-                items.append(bytes(buf[v[0]:v[1]]))
-            elif number == 2 and inner_wire == _LEN:  # FloatList, packed
-                if (v[1] - v[0]) % 4:
-                    raise _ProtoError("packed float list length is not a multiple of 4")
-                items.append(np.frombuffer(buf[v[0]:v[1]], dtype="<f4"))
-            elif number == 2 and inner_wire == _FIXED32:  # FloatList, one float per field
-                items.append(np.array([v], dtype="<u4").view("<f4"))
-            elif number == 3 and inner_wire == _LEN:  # Int64List, packed varints
-                pos, stop, ints = v[0], v[1], []
-                while pos < stop:
-                    x, pos = _read_varint(buf, pos, stop)
-                    ints.append(_signed64(x))
-                items.append(np.array(ints, dtype=np.int64))
-            elif number == 3 and inner_wire == _VARINT:
-                items.append(np.array([_signed64(v)], dtype=np.int64))
-            else:
-                raise _ProtoError(f"unexpected wire type {inner_wire} in feature list")
-        if number == 1:
-            value = items
+            if kind != number:
+                number, items = kind, []
+            _append_list_values(buf, kind, list_span, items)
+    if number is None:
+        return None
+    if number == 1:
+        return items
+    dtype = np.float32 if number == 2 else np.int64
+    return np.concatenate(items).astype(dtype, copy=False) if items else np.zeros(0, dtype)
+
+
+def _append_list_values(buf: memoryview, number: int, span: tuple[int, int], items: list) -> None:
+    """Append the values of one BytesList (number 1), FloatList (2) or Int64List (3) to ``items``:
+    bytes, or numpy arrays to concatenate."""
+    for inner, inner_wire, v in _fields(buf, *span):
+        if inner != 1:
+            continue
+        if number == 1 and inner_wire == _LEN:  # BytesList
+            items.append(bytes(buf[v[0]:v[1]]))
+        elif number == 2 and inner_wire == _LEN:  # FloatList, packed
+            if (v[1] - v[0]) % 4:
+                raise _ProtoError("packed float list length is not a multiple of 4")
+            items.append(np.frombuffer(buf[v[0]:v[1]], dtype="<f4"))
+        elif number == 2 and inner_wire == _FIXED32:  # FloatList, one float per field
+            items.append(np.array([v], dtype="<u4").view("<f4"))
+        elif number == 3 and inner_wire == _LEN:  # Int64List, packed varints
+            pos, stop, ints = v[0], v[1], []
+            while pos < stop:
+                x, pos = _read_varint(buf, pos, stop)
+                ints.append(_signed64(x))
+            items.append(np.array(ints, dtype=np.int64))
+        elif number == 3 and inner_wire == _VARINT:
+            items.append(np.array([_signed64(v)], dtype=np.int64))
         else:
-            dtype = np.float32 if number == 2 else np.int64
-            value = np.concatenate(items).astype(dtype, copy=False) if items else np.zeros(0, dtype)
-    return value
+            raise _ProtoError(f"unexpected wire type {inner_wire} in feature list")
 
 
 def parse_example(payload: bytes | memoryview) -> dict[str, list[bytes] | np.ndarray]:
@@ -256,13 +270,14 @@ def parse_example(payload: bytes | memoryview) -> dict[str, list[bytes] | np.nda
             for entry_number, entry_wire, entry_span in _fields(buf, *span):  # Features
                 if entry_number != 1 or entry_wire != _LEN:
                     continue
-                key, feature = "", None
+                key, value_spans = "", []
                 for n, w, v in _fields(buf, *entry_span):  # map entry
                     if n == 1 and w == _LEN:
                         key = bytes(buf[v[0]:v[1]]).decode("utf-8")
                     elif n == 2 and w == _LEN:
-                        feature = _parse_feature(buf, *v)
-                features[key] = feature if feature is not None else []
+                        value_spans.append(v)  # a value seen twice in one entry is merged, as protobuf does
+                feature = _parse_feature(buf, value_spans)
+                features[key] = feature if feature is not None else []  # a repeated key: the last entry wins
     except (_ProtoError, UnicodeDecodeError) as e:
         raise ValueError(f"malformed tf.train.Example: {e}") from None
     return features
