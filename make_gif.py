@@ -3,14 +3,15 @@
     python make_gif.py --saved_model CKPT --data_dir data_samples/test --grid 3 --out gifs/tour.gif
 
 k x k distinct episodes (chosen by ``--seed``) form one hotel with its lower-left corner at ``ORIGIN``;
-``--context_views`` views of every maze are written into the model. The camera then stands, maze by
-maze in snake order, at ``--positions`` places where that episode's own camera stood longest, and turns
-a full circle there in ``--frames_per_turn`` steps. Every frame shows, left, the view the model
-generates for that pose (prior sample, upscaled with nearest neighbour) above the episode's own view
-when it has one near that pose (within ``GT_RADIUS`` and ``GT_YAW``); right, a top-down map of the
-mazes (each episode's ``NAME.map.png`` when there is one, else an approximation from its views, see
-:func:`approximate_map`) with the GEN's nodes and edges in white, the 4 nodes the query reads in red
-(opacity = bilinear weight) and the camera as a black triangle pointing along its yaw.
+``--context_views`` views of every maze (default: as many as the checkpoint was trained with) are written
+into the model. The camera then stands, maze by maze in snake order, at ``--positions`` places where that
+episode's own camera stood longest, and turns a full circle there in ``--frames_per_turn`` steps. Every
+frame shows, left, the view the model generates for that pose (prior sample, upscaled with nearest
+neighbour) above the episode's own view when it has one near that pose (within ``GT_RADIUS`` and
+``GT_YAW``); right, a top-down map of the mazes (each episode's ``NAME.map.png`` when there is one, else an
+approximation from its views, see :func:`approximate_map`) with the GEN's nodes and edges in white, the 4
+nodes the query reads in red (opacity = bilinear weight) and the camera as a black triangle pointing
+along its yaw.
 
 Yaw, as in ``utils/make_mazes.py`` and the real data: counter-clockwise from +x, the camera looks along
 (cos yaw, sin yaw); maps are drawn north (+y) up, east (+x) right.
@@ -26,12 +27,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+import evaluate
 from models.structure import CELL, SPACING
-from evaluate import run_name
 from utils import command
-from utils.checkpoint import CheckpointError, model_from_checkpoint
+from utils.atomic import atomic_path
+from utils.checkpoint import CheckpointError
 from utils.dataset import EPISODE_SUFFIXES, EpisodeError, decode_views, list_episodes, load_episode
-from utils.hotel import POSE_EXTENT, WORLD_MAZES, maze_cells, maze_to_world, world_poses
+from utils.hotel import MAX_SEED, POSE_EXTENT, WORLD_MAZES, maze_cells, maze_to_world, world_poses
 
 ORIGIN = (-1.0, -1.0)  # the hotel's lower-left world corner (the first maze's cell starts there)
 GT_RADIUS = 0.01  # camera units (a tenth of a maze square): a view this close counts as "from here"
@@ -235,26 +237,19 @@ def blank_tile(tile: int, text: str) -> Image.Image:
 
 def make_tour(args) -> Tour:
     """Every frame of the tour, in memory."""
-    if not 1 <= args.grid <= WORLD_MAZES:
-        raise TourError(f"grid {args.grid}x{args.grid} is too big for the world ({WORLD_MAZES}x{WORLD_MAZES} mazes)"
-                        if args.grid > WORLD_MAZES else f"--grid must be at least 1, got {args.grid}")
+    if args.grid > WORLD_MAZES:
+        raise TourError(f"grid {args.grid}x{args.grid} is too big for the world ({WORLD_MAZES}x{WORLD_MAZES} mazes)")
     paths = list_episodes(args.data_dir)
     grid, mazes = args.grid, args.grid * args.grid
     if mazes > len(paths):
         raise TourError(f"a {grid}x{grid} hotel needs {mazes} distinct episodes but {args.data_dir} holds {len(paths)}")
-    try:
-        model, checkpoint = model_from_checkpoint(args.saved_model)
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{args.saved_model}: its saved args do not describe a model ({error})") from None
-    saved = checkpoint.get("args") or {}
-    baseline, raw = bool(saved.get("baseline", False)), bool(saved.get("raw_poses", False))
-    if grid > model.config.max_grid:
-        raise TourError(f"grid {grid}x{grid} is larger than this model's world ({model.config.max_grid} mazes a side)")
-    size = model.config.img_size
+    candidate = evaluate.load_candidate(args.saved_model, "cpu")
+    model, raw, size, label = candidate.model, candidate.raw_poses, candidate.img_size, candidate.label
+    if grid > candidate.max_grid:
+        raise TourError(f"grid {grid}x{grid} is larger than this model's world ({candidate.max_grid} mazes a side)")
+    # GEN sums the views written into a node, so the tour uses as many as the model was trained with.
+    context_views = args.context_views if args.context_views is not None else candidate.context_views
     tile = args.scale * size if args.scale else max(1, 128 // size) * size
-    label = f"{'GQN' if baseline else 'GEN'} ({run_name(args.saved_model)})"
 
     g = torch.Generator().manual_seed(args.seed)
     chosen = torch.randperm(len(paths), generator=g)[:mazes].tolist()
@@ -264,7 +259,7 @@ def make_tour(args) -> Tour:
 
     context_frames, context_poses = [], []
     for m, episode in enumerate(episodes):
-        views = torch.randperm(len(episode.frames), generator=g)[:args.context_views].sort().values
+        views = torch.randperm(len(episode.frames), generator=g)[:context_views].sort().values
         context_frames.append(decode_views(episode, views.tolist(), size))  # (C, 3, S, S)
         cams = torch.as_tensor(episode.cameras)[views]
         context_poses.append(world_poses(cams, cells[m], origin, raw))  # (C, 7)
@@ -299,7 +294,7 @@ def make_tour(args) -> Tour:
             generated.append(model.generate(query_poses[0, part], r[part]))
     generated = torch.cat(generated)  # (F, 3, S, S)
 
-    structure = None if baseline else model.composer.structures[str(grid)]
+    structure = None if model.config.baseline else model.composer.structures[str(grid)]
     width, height, map_box = frame_layout(tile, 2 * tile + LABEL)
     canvas = MapCanvas(2 * tile + LABEL, grid, origin, [episode_map(paths[i], e) for i, e in zip(chosen, episodes)],
                        raw, structure)
@@ -326,42 +321,50 @@ def make_tour(args) -> Tour:
 
 
 # ---- output ----------------------------------------------------------------------------------------
+# Both are written atomically: a failed write (a full disk) leaves the previous file as it was. The
+# temporary name ends in .tmp, so each writer is told its format.
 def write_gif(frames: List[Image.Image], path: Path, duration_ms: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
+    with atomic_path(path) as temp:
+        frames[0].save(temp, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
 
 
 def write_mp4(frames: List[Image.Image], path: Path, fps: float) -> None:
     import imageio_ffmpeg
 
-    writer = imageio_ffmpeg.write_frames(str(path), frames[0].size, fps=fps, macro_block_size=1,
-                                         pix_fmt_out="yuv420p")
-    writer.send(None)  # start the encoder
-    for frame in frames:
-        writer.send(np.ascontiguousarray(np.asarray(frame)))
-    writer.close()
+    with atomic_path(path) as temp:
+        writer = imageio_ffmpeg.write_frames(str(temp), frames[0].size, fps=fps, macro_block_size=1,
+                                             pix_fmt_out="yuv420p", output_params=["-f", "mp4"])
+        writer.send(None)  # start the encoder
+        for frame in frames:
+            writer.send(np.ascontiguousarray(np.asarray(frame)))
+        writer.close()
 
 
 def parse_args(argv=None):
+    positive = command.number(int, 0)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--saved_model", required=True, metavar="CKPT", help="checkpoint (GEN or GQN baseline)")
     parser.add_argument("--data_dir", required=True, help="directory of episode files (.pt / .pt.gz)")
-    parser.add_argument("--grid", type=int, default=3, help="k: a k x k hotel of distinct mazes")
+    parser.add_argument("--grid", type=positive, default=3, help="k: a k x k hotel of distinct mazes")
     parser.add_argument("--out", default="gifs/tour.gif", help="the GIF to write")
-    parser.add_argument("--seed", type=int, default=0, help="picks the episodes, context views and prior samples")
-    parser.add_argument("--frames_per_turn", type=int, default=16, help="yaw steps of each full turn")
-    parser.add_argument("--positions", type=int, default=1, help="standing positions per maze")
-    parser.add_argument("--context_views", type=int, default=8, help="views of each maze written into the model")
-    parser.add_argument("--scale", type=int, default=0, help="upscaling of the views (default: to 128 px)")
-    parser.add_argument("--duration", type=int, default=120, help="milliseconds per frame")
-    parser.add_argument("--batch_size", type=int, default=64, help="views generated per forward pass")
+    parser.add_argument("--seed", type=command.number(int, 0, low_ok=True, high=MAX_SEED), default=0,
+                        help="picks the episodes, context views and prior samples")
+    parser.add_argument("--frames_per_turn", type=positive, default=16, help="yaw steps of each full turn")
+    parser.add_argument("--positions", type=positive, default=1, help="standing positions per maze")
+    parser.add_argument("--context_views", type=positive, default=None,
+                        help="views of each maze written into the model (default: the checkpoint's, else 8)")
+    parser.add_argument("--scale", type=command.number(int, 0, low_ok=True), default=0,
+                        help="upscaling of the views (default 0: to 128 px)")
+    parser.add_argument("--duration", type=positive, default=120, help="milliseconds per frame")
+    parser.add_argument("--batch_size", type=positive, default=64, help="views generated per forward pass")
     parser.add_argument("--mp4", action="store_true", help="also write OUT with .mp4 (needs imageio-ffmpeg)")
     args = parser.parse_args(argv)
-    for name in ("frames_per_turn", "positions", "context_views", "duration", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
-    if args.scale < 0:
-        parser.error("--scale must be positive (or 0 for automatic)")
+    # Refused now, not after every frame has been rendered.
+    if Path(args.out).suffix.lower() != ".gif":
+        parser.error(f"--out must be a .gif file, got {args.out}")
+    if Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a directory; name the .gif file to write")
     return args
 
 
@@ -384,7 +387,7 @@ def main(args) -> Tour:
 
 def cli(argv=None) -> int:
     """The command line: 0 on success; bad inputs print one line to stderr and return 2."""
-    return command.run("make_gif.py", parse_args, main, (CheckpointError, EpisodeError, TourError), argv)
+    return command.run("make_gif.py", parse_args, main, (CheckpointError, EpisodeError, TourError, OSError), argv)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ import torch
 from PIL import Image
 
 import make_gif
+from models.scene import SceneModel
 from models.structure import GridStructure
 from tests.conftest import REPO_ROOT, SHARED, requires_shared
 from tests.test_evaluate import tiny_checkpoint
 from utils.dataset import Episode
+from utils.hotel import MAX_SEED
 
 MAZES = SHARED / "mazes" / "train"
 SAMPLES = REPO_ROOT / "data_samples" / "test"
@@ -160,3 +162,64 @@ def test_one_line_errors(tmp_path, capsys):
     except ImportError:
         code, err = run("--saved_model", str(checkpoint), "--data_dir", data, "--mp4")
         assert code == 2 and "imageio-ffmpeg" in err and "\n" not in err
+
+
+def test_a_failed_write_keeps_the_previous_gif(tmp_path, capsys, monkeypatch):
+    checkpoint = tiny_checkpoint(tmp_path / "gen.pt", baseline=False)
+    out = tmp_path / "gifs" / "tour.gif"
+    out.parent.mkdir()
+    out.write_bytes(b"GIF89a the tour a user saved")
+
+    def full_disk(image, fp, *args, **kwargs):  # half a GIF written, then the disk is full
+        with open(fp, "wb") as file:
+            file.write(b"GIF89a half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    code = make_gif.cli(["--saved_model", str(checkpoint), "--data_dir", str(SAMPLES), "--grid", "1",
+                         "--frames_per_turn", "1", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "No space left on device" in err and "\n" not in err
+    assert out.read_bytes() == b"GIF89a the tour a user saved"
+    assert [p.name for p in out.parent.iterdir()] == ["tour.gif"]  # no temporary file left
+
+
+def test_a_bad_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    def no_work(args):
+        raise AssertionError("rendered frames for an --out that cannot be written")
+
+    monkeypatch.setattr(make_gif, "make_tour", no_work)
+    (tmp_path / "made.gif").mkdir()
+    for out, message in [(tmp_path / "tour", "must be a .gif file"), (tmp_path / "tour.png", "must be a .gif file"),
+                         (tmp_path, "must be a .gif file"), (tmp_path / "made.gif", "is a directory")]:
+        with pytest.raises(SystemExit) as exit:
+            make_gif.cli(["--saved_model", "none.pt", "--data_dir", str(SAMPLES), "--out", str(out)])
+        assert exit.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_context_views_default_to_the_checkpoints(tmp_path, monkeypatch):
+    checkpoint = tiny_checkpoint(tmp_path / "gen.pt", baseline=False, context_views=3)
+    views = []
+    represent = SceneModel.represent
+
+    def spy(model, context_frames, *args):
+        views.append(context_frames.shape[1])
+        return represent(model, context_frames, *args)
+
+    monkeypatch.setattr(SceneModel, "represent", spy)
+    argv = ["--saved_model", str(checkpoint), "--data_dir", str(SAMPLES), "--grid", "1", "--frames_per_turn", "1",
+            "--out", str(tmp_path / "tour.gif")]
+    make_gif.main(make_gif.parse_args(argv))
+    make_gif.main(make_gif.parse_args(argv + ["--context_views", "5"]))  # an explicit flag wins
+    assert views == [3, 5]  # one maze: its views only
+
+
+def test_numbers_are_checked_when_parsed(capsys):
+    base = ["--saved_model", "none.pt", "--data_dir", str(SAMPLES)]
+    assert make_gif.parse_args(base + ["--seed", str(MAX_SEED)]).seed == MAX_SEED
+    assert make_gif.parse_args(base + ["--scale", "0"]).scale == 0
+    for flag, value in [("--seed", str(MAX_SEED + 1)), ("--seed", "99999999999999999999"), ("--seed", "-1"),
+                        ("--frames_per_turn", "0"), ("--grid", "0"), ("--scale", "-1"), ("--context_views", "x")]:
+        with pytest.raises(SystemExit) as exit:
+            make_gif.parse_args(base + [flag, value])
+        assert exit.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
