@@ -346,10 +346,12 @@ class Trainer:
     def resume(self):
         args = self.args
         say = note if self.runtime.is_main else (lambda message: None)
+        folder = self.checkpoints.directory
         if args.saved_model is None:
-            if self.checkpoints.numbered():
-                say(f"warning: {self.checkpoints.directory} already holds checkpoints; starting fresh anyway "
-                     f"(--saved_model auto resumes them)")
+            # A fresh run would overwrite these, and rotating its own would delete them.
+            if held := self.checkpoints.held():
+                raise TrainingError(f"{folder} already holds checkpoints of a run ({held[-1].name}); continue it "
+                                    f"with --saved_model auto, or train into another --log_dir")
             return
         if args.saved_model == AUTO:
             found = self.checkpoints.newest()
@@ -359,6 +361,13 @@ class Trainer:
             path, checkpoint = found
         else:
             path, checkpoint = Path(args.saved_model), load_checkpoint(args.saved_model)
+            # Training on would interleave its checkpoints with these (and --saved_model auto would pick theirs).
+            if path.resolve().parent != folder.resolve() and (held := self.checkpoints.held()):
+                raise TrainingError(f"{folder} already holds checkpoints of another run ({held[-1].name}); to "
+                                    f"train on from {path}, choose another --log_dir")
+            if later := self.checkpoints.past(int(checkpoint.get("epoch", 0))):
+                raise TrainingError(f"{folder} holds checkpoints past the step of {path.name} "
+                                    f"({', '.join(p.name for p in later)}); move them away to train on from it")
         load_model_state(self.model, checkpoint["model_state_dict"], path)
         self.step = int(checkpoint.get("epoch", 0))
         if "optimizer_state_dict" not in checkpoint:
@@ -551,7 +560,7 @@ class Trainer:
             note(f"already at step {self.step} of --steps {args.steps}: nothing to do")
             return 0
         main = runtime.is_main
-        writer = summaries.open_writer(self.run_dir / "runs", enabled=main, purge_step=self.step or None)
+        writer = summaries.open_writer(self.run_dir / "runs", enabled=main, purge_step=self.step + 1 if self.step else None)  # keep the checkpoint step's own events
         workers = default_workers(runtime) if args.workers == "auto" else args.workers
         loader = step_loader(self.data, range(self.step, args.steps), workers,
                              pin_memory=runtime.device.type == "cuda", worker_init_fn=_worker_init)
@@ -569,7 +578,7 @@ class Trainer:
             finally:
                 bar.close()
                 writer.flush()
-        if stopped:
+        if stopped and self.step < args.steps:  # a stop at the last step ends the run like any other
             path = self.save() if self.saved_step != self.step else self.checkpoints.path(self.step)
             if main:
                 note(f"stopped by {stop.signal or 'a signal on another rank'} at step {self.step}; saved {path}; "

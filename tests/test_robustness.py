@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train_scene_rendering as train
-from tests.conftest import requires_shared
+from tests.conftest import REPO_ROOT, requires_shared
 from tests.train_support import (SCRIPT, link_episodes, main_error, one_thread, python, scratch,  # noqa: F401
                                  subprocess_env, tiny)
 from utils import schedules
@@ -176,3 +176,76 @@ def test_an_explicit_corrupt_checkpoint_is_a_one_line_error(scratch, capsys):
     truncated_copy(good, scratch / "cut.pt")
     line = main_error(tiny(scratch, "--saved_model", scratch / "cut.pt"), capsys)
     assert "cut.pt is not a readable checkpoint" in line
+
+
+# ---- runs never mix their checkpoints ------------------------------------------------------------------
+SAMPLES = REPO_ROOT / "data_samples" / "train"
+
+
+def fake_checkpoints(models, *steps, final=None):
+    directory = CheckpointDir(models, keep=10)
+    for step in steps:
+        directory.save({"epoch": step, "model_state_dict": {}})
+    if final is not None:
+        directory.save({"epoch": final, "model_state_dict": {}}, final=True)
+    return {p.name: p.read_bytes() for p in models.iterdir()}
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_checkpoints(scratch, capsys):
+    models = scratch / "run" / "models"
+    before = fake_checkpoints(models, final=3)  # a finished run: only its final checkpoint
+    line = main_error(tiny(scratch, steps=1, data=SAMPLES), capsys)
+    assert "already holds checkpoints of a run (checkpoint-final.pt)" in line and "--saved_model auto" in line
+    assert {p.name: p.read_bytes() for p in models.iterdir()} == before
+
+
+def test_training_on_from_a_checkpoint_that_is_not_the_newest_is_refused(scratch, capsys):
+    models = scratch / "run" / "models"
+    before = fake_checkpoints(models, 2, 4, final=6)
+    line = main_error(tiny(scratch, "--saved_model", models / "checkpoint-4.pt", steps=8, data=SAMPLES), capsys)
+    assert "past the step of checkpoint-4.pt (checkpoint-final.pt)" in line, line
+    line = main_error(tiny(scratch, "--saved_model", models / "checkpoint-2.pt", steps=8, data=SAMPLES), capsys)
+    assert "(checkpoint-4.pt, checkpoint-final.pt)" in line, line
+    elsewhere = scratch / "pretrained.pt"
+    save_checkpoint({"epoch": 9, "model_state_dict": {}}, elsewhere)
+    line = main_error(tiny(scratch, "--saved_model", elsewhere, steps=12, data=SAMPLES), capsys)
+    assert "holds checkpoints of another run" in line and "another --log_dir" in line, line
+    assert {p.name: p.read_bytes() for p in models.iterdir()} == before
+
+
+def test_rotation_never_deletes_the_checkpoint_just_written_nor_a_later_one(scratch):
+    directory = CheckpointDir(scratch / "models", keep=1)
+    directory.save({"epoch": 8, "model_state_dict": {}})  # e.g. left by a run that went further
+    directory.save({"epoch": 4, "model_state_dict": {}})
+    assert [s for s, _ in directory.numbered()] == [4, 8]
+    directory.save({"epoch": 5, "model_state_dict": {}})
+    assert [s for s, _ in directory.numbered()] == [5, 8]
+
+
+def sigterm_at(step):
+    def hook(at, loss):
+        if at == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+    return hook
+
+
+def test_a_stop_during_the_last_step_still_ends_with_the_final_checkpoint(scratch, one_thread, monkeypatch,
+                                                                           capsys):
+    monkeypatch.setattr(train, "_loss_hook", sigterm_at(1))  # the second and last step
+    assert train.main(tiny(scratch, steps=2, data=SAMPLES)) == 0
+    assert "done: step 2" in capsys.readouterr().err
+    models = scratch / "run" / "models"
+    assert [p.name for p in models.iterdir()] == ["checkpoint-final.pt"]
+    assert load(models / "checkpoint-final.pt")["epoch"] == 2
+
+
+def test_a_resumed_run_keeps_the_logs_of_its_checkpoint_step(scratch, one_thread, monkeypatch, capsys):
+    monkeypatch.setattr(train, "_loss_hook", sigterm_at(1))
+    assert train.main(tiny(scratch, steps=5, data=SAMPLES)) == 0
+    stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", capsys.readouterr().err).group(1))
+    assert 2 <= stopped < 5
+    monkeypatch.setattr(train, "_loss_hook", None)
+    assert train.main(tiny(scratch, "--saved_model", "auto", steps=5, data=SAMPLES)) == 0
+    scalars, _ = read_events(scratch / "run" / "runs")
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4, 5]  # as TensorBoard shows them

@@ -33,16 +33,35 @@ class CheckpointDir:
         return sorted(found)
 
     def save(self, payload: dict, final: bool = False) -> Path:
-        """Write atomically, then delete numbered checkpoints beyond the newest ``keep``.
+        """Write atomically, then delete the oldest numbered checkpoints while there are more than ``keep``;
+        only ones older than this step: never the one just written, nor one past it.
 
         OSError (e.g. disk full) propagates with the previous checkpoints untouched.
         """
-        path = self.final if final else self.path(payload["epoch"])
+        step = payload["epoch"]
+        path = self.final if final else self.path(step)
         save_checkpoint(payload, path)
         numbered = self.numbered()
-        for _, old in numbered[:max(len(numbered) - self.keep, 0)]:
+        older = [old for s, old in numbered if s < step]
+        for old in older[:max(len(numbered) - self.keep, 0)]:
             old.unlink(missing_ok=True)
         return path
+
+    def held(self) -> list:
+        """Every checkpoint file here (numbered ones, then final)."""
+        return [p for _, p in self.numbered()] + ([self.final] if self.final.is_file() else [])
+
+    def past(self, step: int) -> list:
+        """The checkpoints here from beyond ``step`` (a final one counts by its epoch; an unreadable one is
+        left out: it will be overwritten)."""
+        later = [p for s, p in self.numbered() if s > step]
+        if self.final.is_file():
+            try:
+                if int(load_checkpoint(self.final).get("epoch", 0)) > step:
+                    later.append(self.final)
+            except CheckpointError:
+                pass
+        return later
 
     def newest(self):
         """(path, checkpoint dict) of the newest readable checkpoint, or None if there is none.

@@ -51,13 +51,19 @@ def _records(path: Path):
 
 def read_events(directory):
     """(scalars {tag: [(step, value), ...]}, image tags {tag: [step, ...]}) from every event file under
-    ``directory``, in file order then write order."""
+    ``directory``, in file order then write order, as TensorBoard shows them: a resumed run's session start
+    (``purge_step``) drops the events at or after its step that came before it."""
     from tensorboardX.proto import event_pb2
 
     scalars, images = defaultdict(list), defaultdict(list)
     for path in sorted(Path(directory).rglob("events.out.tfevents.*")):
         for record in _records(path):
             event = event_pb2.Event.FromString(record)
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                for tag in scalars:
+                    scalars[tag] = [(step, v) for step, v in scalars[tag] if step < event.step]
+                for tag in images:
+                    images[tag] = [step for step in images[tag] if step < event.step]
             for value in event.summary.value:
                 if value.HasField("image"):
                     images[value.tag].append(event.step)
