@@ -157,29 +157,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_batch(args, runtime: distributed.Runtime) -> int:
-    """This process's batch size; the batch must split evenly over processes and DataParallel replicas."""
-    if runtime.world > 1:
-        if args.batch_size % runtime.world:
-            raise TrainingError(f"--batch_size {args.batch_size} does not divide over {runtime.world} processes; "
-                                f"use a multiple of {runtime.world}")
-        per_rank = args.batch_size // runtime.world
-        too_big = [k for k in args.train_grids if k * k > per_rank]
-        if too_big:
-            k = max(too_big)
-            raise TrainingError(f"--batch_size {args.batch_size} over {runtime.world} processes leaves {per_rank} "
-                                f"mazes per process, too few for a {k}x{k} hotel; use --batch_size >= "
-                                f"{k * k * runtime.world}")
-        return per_rank
-    splits = runtime.splits
-    uneven = [k for k in args.train_grids if (args.batch_size // (k * k)) % splits]
+    """This process's batch size. A k x k step uses ``batch_size // k^2`` hotels over all devices; they must
+    split evenly over the processes and DataParallel replicas, for every --train_grids size (else a step
+    would silently hold fewer mazes than asked for)."""
+    parts, world = runtime.world * runtime.splits, runtime.world
+
+    def splits_evenly(batch: int, k: int) -> bool:
+        hotels = batch // (k * k)
+        return batch % world == 0 and hotels >= parts and hotels % parts == 0
+
+    uneven = [k for k in args.train_grids if not splits_evenly(args.batch_size, k)]
     if uneven:
-        fits = next(b for b in itertools.count(args.batch_size)
-                    if all((b // (k * k)) % splits == 0 for k in args.train_grids))
-        k = uneven[0]
+        fits = next(b for b in itertools.count(args.batch_size) if all(splits_evenly(b, k) for k in args.train_grids))
+        k, over = uneven[0], f"{world} processes" if world > 1 else f"{parts} GPUs"
         raise TrainingError(f"--batch_size {args.batch_size} makes {args.batch_size // (k * k)} hotels of {k}x{k}, "
-                            f"which do not split over {splits} GPUs; use a batch size that does for every "
+                            f"which do not split evenly over {over}; use a batch size that does for every "
                             f"--train_grids size, e.g. {fits}")
-    return args.batch_size
+    return args.batch_size // world
 
 
 def count_episodes(directory, grids, flag) -> int:

@@ -206,17 +206,23 @@ def test_default_loader_workers_follow_the_device_and_this_processs_share_of_the
 def test_batches_must_split_over_gpus_and_processes():
     args = train.parse_args(["--batch_size", "8", "--train_grids", "1", "2"])
     four_gpus = distributed.Runtime(torch.device("cpu"), device_ids=(0, 1, 2, 3))
-    with pytest.raises(train.TrainingError, match="2 hotels of 2x2, which do not split over 4 GPUs.*e.g. 16"):
+    with pytest.raises(train.TrainingError, match="2 hotels of 2x2, which do not split evenly over 4 GPUs.*e.g. 16"):
         train.check_batch(args, four_gpus)
     assert train.check_batch(train.parse_args(["--batch_size", "16"]), four_gpus) == 16
     with pytest.raises(train.TrainingError, match="9 hotels of 2x2.*e.g. 48"):  # the default batch on 4 GPUs
         train.check_batch(train.parse_args([]), four_gpus)
     two_ranks = distributed.Runtime(torch.device("cpu"), rank=1, world=2, distributed=True)
     assert train.check_batch(args, two_ranks) == 4
-    with pytest.raises(train.TrainingError, match="does not divide over 2 processes"):
-        train.check_batch(train.parse_args(["--batch_size", "9"]), two_ranks)
-    with pytest.raises(train.TrainingError, match="too few for a 2x2 hotel"):
-        train.check_batch(train.parse_args(["--batch_size", "6"]), two_ranks)
+    for batch, message in (("9", "9 hotels of 1x1, which do not split evenly over 2 processes.*e.g. 10"),
+                           ("6", "1 hotels of 2x2.*e.g. 8"),
+                           ("36", "9 hotels of 2x2.*e.g. 40")):  # 2 x 4 hotels would be 32 mazes, not 36
+        with pytest.raises(train.TrainingError, match=message):
+            train.check_batch(train.parse_args(["--batch_size", batch]), two_ranks)
+    # What every step holds over all ranks is what --batch_size asks for (less only where k^2 does not divide it).
+    for batch in (8, 16, 40):
+        per_rank = train.check_batch(train.parse_args(["--batch_size", str(batch)]), two_ranks)
+        for k in (1, 2):
+            assert 2 * (per_rank // (k * k)) * k * k == batch // (k * k) * k * k
 
 
 def test_compile_with_data_parallel_is_refused_before_any_work():
