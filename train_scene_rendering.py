@@ -327,6 +327,11 @@ class Trainer:
         self.bad_run = 0  # non-finite steps in a row
         self.bad_files = set()
         self.resume()
+        # Each process finds its checkpoint on its own file system; nodes that see different ones would train
+        # different step ranges and hang in a collective.
+        if not distributed.same_everywhere(self.step, runtime):
+            raise TrainingError(f"the processes resumed at different steps (this one at {self.step}): every node "
+                                f"must see the same --root_log_dir, on a shared file system")
         self.wrapped = distributed.wrap(self.model, runtime)
         # The model the training step runs; evaluation and image summaries use the eager fp32 model.
         # dynamic=False: one static graph per hotel size k (each has its own shapes), compiled once.

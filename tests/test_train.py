@@ -310,30 +310,48 @@ def test_torchrun_on_two_nodes_with_a_rendezvous_endpoint(scratch):
     rendezvous hands out the ranks, the nodes end in sync, and the one node that got rank 0 alone writes."""
     dumps = scratch / "dumps"
     dumps.mkdir()
-    argv = tiny(scratch, "--batch_size", 4, steps=2)
-    env = {**subprocess_env(), train.DUMP_ENV: str(dumps)}
+    # --layers 1: the canvas stays zero, so one weight gets no gradient; DDP must be told to expect that.
+    argv = tiny(scratch, "--batch_size", 4, "--layers", 1, steps=2)
+    codes, errors = two_nodes(scratch, [argv, argv], {train.DUMP_ENV: str(dumps)})
+    assert codes == [0, 0], "\n".join(e[-2000:] for e in errors)
+    assert sum(e.count("done: step 2") for e in errors) == 1, "one node holds rank 0 and reports"
+    assert "broadcast_buffers" not in "".join(errors), "DDP's deprecation warning"
+    assert_two_ranks_in_sync_and_rank_0_alone_wrote(dumps, scratch / "run")
+
+
+@requires_shared
+def test_nodes_that_would_resume_at_different_steps_stop_with_one_line(scratch):
+    """Each node reads its own --root_log_dir: one that finds a checkpoint and one that does not would
+    train different step ranges and hang; both stop at once instead."""
+    assert train.main(tiny(scratch / "a", "--batch_size", 4, steps=1)) == 0  # node a holds checkpoint-final (step 1)
+    argvs = [tiny(scratch / node, "--batch_size", 4, "--saved_model", "auto", steps=3) for node in "ab"]
+    codes, errors = two_nodes(scratch, argvs)
+    assert codes != [0, 0]
+    assert all("the processes resumed at different steps" in e and "shared file system" in e for e in errors), \
+        "\n".join(e[-2000:] for e in errors)
+
+
+def two_nodes(scratch, argvs, env=None):
+    """The README's several-node recipe, as two single-process nodes on this machine meeting at a c10d
+    rendezvous endpoint, node n running ``argvs[n]``: ([exit status], [stderr text]) per node."""
     # --local_addr: each node advertises 127.0.0.1, not a host name that may not resolve.
     launch = [python(), "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "--rdzv_id", "two-nodes",
-              "--rdzv_conf", "join_timeout=60", "--local_addr", "127.0.0.1", SCRIPT, *argv]
+              "--rdzv_conf", "join_timeout=60", "--local_addr", "127.0.0.1", SCRIPT]
     logs = [scratch / f"node{n}.log" for n in range(2)]
     nodes = []
     try:
-        for log in logs:  # files, not pipes: a node blocked on a full pipe would look like a hang
+        for log, argv in zip(logs, argvs):  # files, not pipes: a node blocked on a full pipe would look like a hang
             with open(log, "w") as out:
-                nodes.append(subprocess.Popen(launch, stdout=subprocess.DEVNULL, stderr=out, env=env,
-                                              start_new_session=True))
+                nodes.append(subprocess.Popen(launch + argv, stdout=subprocess.DEVNULL, stderr=out,
+                                              env={**subprocess_env(), **(env or {})}, start_new_session=True))
         for node in nodes:
             node.wait(timeout=240)
     finally:
         for node in nodes:
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)  # the launcher and its worker
-    errors = [log.read_text() for log in logs]
-    assert [node.returncode for node in nodes] == [0, 0], "\n".join(e[-2000:] for e in errors)
-    assert sum(e.count("done: step 2") for e in errors) == 1, "one node holds rank 0 and reports"
-    assert "broadcast_buffers" not in "".join(errors), "DDP's deprecation warning"
-    assert_two_ranks_in_sync_and_rank_0_alone_wrote(dumps, scratch / "run")
+    return [node.returncode for node in nodes], [log.read_text() for log in logs]
 
 
 def on_gpu(root, *extra, steps):

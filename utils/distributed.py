@@ -110,7 +110,11 @@ def wrap(model: nn.Module, runtime: Runtime) -> nn.Module:
     """The model as this runtime trains it; ``models.scene.unwrap`` gives the bare model back."""
     if runtime.distributed:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, **_NO_BUFFER_SYNC)
+        # With one DRAW layer the canvas stays zero, so its convolution is skipped and its weight gets no
+        # gradient: DDP must then look for unused parameters (a graph walk per step, so only then).
+        unused = getattr(getattr(model, "config", None), "layers", None) == 1
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused,
+                                                   **_NO_BUFFER_SYNC)
     if len(runtime.device_ids) > 1:
         return nn.DataParallel(model, device_ids=list(runtime.device_ids))
     return model
@@ -121,6 +125,15 @@ def reduce_sum(tensor: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     if runtime.distributed:
         dist.all_reduce(tensor)
     return tensor
+
+
+def same_everywhere(value: int, runtime: Runtime) -> bool:
+    """Whether every process holds the same ``value`` (True in a single process)."""
+    if not runtime.distributed:
+        return True
+    bounds = torch.tensor([value, -value], device=runtime.device)
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)  # (max, -min)
+    return int(bounds[0]) == -int(bounds[1])
 
 
 def barrier(runtime: Runtime) -> None:
