@@ -265,7 +265,7 @@ class StepStats(NamedTuple):
     loss: float
     kl: float
     grad_norm: float
-    bad_files: float  # damaged episodes met so far
+    bad_files: float  # damaged episodes this step met that the run did not know of
     stop: float  # ranks asked to stop
     own_loss: float  # rank 0's own loss (the other ranks add 0)
 
@@ -280,6 +280,7 @@ class QueuedStep:
     lr: float
     sigma: float
     stats: torch.Tensor
+    new_bad_files: tuple = ()  # this rank's damaged episodes that the run did not know of
     step_time: float = 0.0
     data_wait: float = 0.0
     device_wait: float = 0.0  # how long the host waited for the device to finish it
@@ -325,7 +326,8 @@ class Trainer:
         self.lr_scale = 1.0  # halved at each recovery from a numerical blow-up
         self.skipped_steps = 0
         self.bad_run = 0  # non-finite steps in a row
-        self.bad_files = set()
+        self.bad_files = set()  # damaged episodes met by any rank: the same set on every rank, so they agree
+        self.named = set()  # those this process has warned about
         self.resume()
         # Each process finds its checkpoint on its own file system; nodes that see different ones would train
         # different step ranges and hang in a collective.
@@ -381,6 +383,7 @@ class Trainer:
         self.lr_scale = float(schedule.get("lr_scale", 1.0))
         self.skipped_steps = int(schedule.get("skipped_steps", 0))
         self.bad_files = set(schedule.get("bad_files", []))
+        self.named = set(self.bad_files)
         rng = checkpoint.get("rng_state", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
@@ -465,23 +468,23 @@ class Trainer:
         parameters = self.model.parameters()
         grad_norm = (torch.nn.utils.clip_grad_norm_(parameters, args.clip_grad) if args.clip_grad else
                      torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None]))
-        for path in batch.bad_files:
-            if path not in self.bad_files:
-                self.bad_files.add(path)
-                note(f"warning: skipped damaged episode {path}")
+        new_bad_files = tuple(sorted(set(batch.bad_files) - self.bad_files))
+        for path in set(new_bad_files) - self.named:
+            self.named.add(path)
+            note(f"warning: skipped damaged episode {path}")
         # Host values become device scalars by a fill, not a copy (a blocking copy would sync).
         scalar = lambda value: torch.full((), float(value), device=device)  # noqa: E731
         loss = loss.detach()
         stats = torch.stack(StepStats(
             loss=loss, kl=losses.kl.detach().float().mean(), grad_norm=grad_norm.to(device),
-            bad_files=scalar(len(self.bad_files)), stop=scalar(stop.requested),
+            bad_files=scalar(len(new_bad_files)), stop=scalar(stop.requested),
             # Rank 0's own loss (the others add 0) for train/loss_{k}x{k}, logged for rank 0's grid.
             own_loss=loss * float(runtime.is_main))).float()
         # Every rank must agree on the step's outcome: everything is summed over the ranks.
         stats = distributed.reduce_sum(stats, runtime)
         summed = StepStats(*stats.unbind())  # views: no copy, no sync
         optimizer.step_unless(self.optimizer, (~(summed.loss.isfinite() & summed.grad_norm.isfinite())).float())
-        return QueuedStep(step + 1, batch.grid, lr, sigma, stats)
+        return QueuedStep(step + 1, batch.grid, lr, sigma, stats, new_bad_files)
 
     def settle(self, queued: list, writer, bar) -> dict:
         """Read queued steps' outcomes (waiting for the device as needed), log them and count the bad ones.
@@ -497,11 +500,14 @@ class Trainer:
             finite = math.isfinite(stats.loss) and math.isfinite(stats.grad_norm)
             self.skipped_steps += not finite
             self.bad_run = 0 if finite else self.bad_run + 1
+            if stats.bad_files > 0:  # a rank met a damaged episode the run did not know of (rare): share them
+                for paths in distributed.gather_objects(record.new_bad_files, self.runtime):
+                    self.bad_files.update(paths)
+                if len(self.bad_files) > args.max_bad_files * self.n_episodes:
+                    calls["bad_files"] = len(self.bad_files)
             self.log_step(writer, record, stats, finite)
             bar.set_postfix(loss=f"{stats.loss / world:.1f}", grid=f"{record.grid}x{record.grid}", refresh=False)
             bar.update()
-            if stats.bad_files > args.max_bad_files * self.n_episodes:
-                calls["bad_files"] = int(stats.bad_files)
             if self.bad_run >= args.max_bad_steps:
                 calls["recover"] = True
             if stats.stop > 0:
@@ -645,7 +651,7 @@ class Trainer:
         if device.type == "cuda":  # the most this process has held from the GPU so far: the headroom left
             writer.add_scalar("gpu_memory_peak_gb", torch.cuda.max_memory_reserved(device) / 2**30, step)
         writer.add_scalar("train/skipped_steps", self.skipped_steps, step)
-        writer.add_scalar("data/skipped_episodes", stats.bad_files, step)
+        writer.add_scalar("data/skipped_episodes", len(self.bad_files), step)
 
     def dump_for_tests(self):
         directory = os.environ.get(DUMP_ENV)

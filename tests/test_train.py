@@ -319,6 +319,33 @@ def test_torchrun_on_two_nodes_with_a_rendezvous_endpoint(scratch):
     assert_two_ranks_in_sync_and_rank_0_alone_wrote(dumps, scratch / "run")
 
 
+def test_under_torchrun_a_damaged_episode_counts_once_not_once_per_rank(scratch):
+    """One damaged episode of 16 is within --max_bad_files 0.1 (1.6 episodes) however many ranks meet it."""
+    from utils.dataset import list_episodes
+    from utils.hotel import plan_step
+
+    samples = REPO_ROOT / "data_samples"
+    paths = list_episodes(samples / "train")
+    steps, per_rank = 10, 4
+    drawn = [{int(e) for step in range(steps) for e in plan_step(0, step, rank, len(paths), per_rank, [1], 2).episodes}
+             for rank in (0, 1)]
+    damaged = min(drawn[0] & drawn[1])  # met by both ranks
+    data = scratch / "data"
+    data.mkdir()
+    for index, path in enumerate(paths):
+        (data / path.name).write_bytes(path.read_bytes()[:100] if index == damaged else path.read_bytes())
+    argv = tiny(scratch, "--batch_size", 2 * per_rank, "--max_bad_files", 0.1, steps=steps, data=data,
+                test_data=samples / "test")
+    run = subprocess.run([python(), "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), SCRIPT, *argv],
+                         capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert run.returncode == 0 and f"done: step {steps}" in run.stderr, run.stderr[-3000:]
+    final = torch.load(scratch / "run" / "models" / "checkpoint-final.pt", weights_only=True)
+    assert final["scheduler_state_dict"]["bad_files"] == [str(data / paths[damaged].name)]
+    scalars, _ = read_events(scratch / "run" / "runs")
+    assert scalars["data/skipped_episodes"][-1] == (steps, 1.0)
+
+
 @requires_shared
 def test_nodes_that_would_resume_at_different_steps_stop_with_one_line(scratch):
     """Each node reads its own --root_log_dir: one that finds a checkpoint and one that does not would

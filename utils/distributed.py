@@ -136,6 +136,15 @@ def same_everywhere(value: int, runtime: Runtime) -> bool:
     return int(bounds[0]) == -int(bounds[1])
 
 
+def gather_objects(value, runtime: Runtime) -> list:
+    """``[value of rank 0, value of rank 1, ...]``: picklable values from every process."""
+    if not runtime.distributed:
+        return [value]
+    values = [None] * runtime.world
+    dist.all_gather_object(values, value)
+    return values
+
+
 def barrier(runtime: Runtime) -> None:
     if runtime.distributed:
         dist.barrier()
