@@ -565,7 +565,11 @@ class Trainer:
             note(f"already at step {self.step} of --steps {args.steps}: nothing to do")
             return 0
         main = runtime.is_main
-        writer = summaries.open_writer(self.run_dir / "runs", enabled=main, purge_step=self.step + 1 if self.step else None)  # keep the checkpoint step's own events
+        try:  # purge from the step after the checkpoint's: its own events were logged before it was saved
+            writer = summaries.open_writer(self.run_dir / "runs", enabled=main,
+                                           purge_step=self.step + 1 if self.step else None)
+        except OSError as error:
+            raise TrainingError(f"cannot write the logs in {self.run_dir / 'runs'}: {error.strerror or error}") from None
         workers = default_workers(runtime) if args.workers == "auto" else args.workers
         loader = step_loader(self.data, range(self.step, args.steps), workers,
                              pin_memory=runtime.device.type == "cuda", worker_init_fn=_worker_init)

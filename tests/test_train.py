@@ -163,12 +163,19 @@ def test_bad_data_and_checkpoint_paths_exit_with_one_line(scratch, capsys):
     few = link_episodes(scratch / "four", 4)
     garbage = scratch / "garbage.pt"
     garbage.write_bytes(b"this is not a checkpoint")
+    listed, odd = scratch / "listed.pt", scratch / "odd.pt"  # loadable, but no named tensors to load
+    torch.save({"epoch": 1, "model_state_dict": [1, 2]}, listed)
+    torch.save({"epoch": 1, "model_state_dict": {"w": 0.5}}, odd)
+    (scratch / "taken").write_text("a file where the logs would go")
     cases = [
         (tiny(scratch, data=scratch / "nowhere"), "--train_data_dir"),
         (tiny(scratch, data=scratch / "empty"), "--train_data_dir"),
         (tiny(scratch, test_data=scratch / "nowhere"), "--test_data_dir"),
         (tiny(scratch, "--test_grids", 3, test_data=few), "3x3 hotel needs 9"),
         (tiny(scratch, "--saved_model", garbage), "garbage.pt"),
+        (tiny(scratch, "--saved_model", listed), "not a dict of named tensors"),
+        (tiny(scratch, "--saved_model", odd), "not a dict of named tensors"),
+        (tiny(scratch / "taken"), "taken"),
     ]
     for argv, needle in cases:
         assert needle in main_error(argv, capsys), argv

@@ -47,6 +47,10 @@ def load_checkpoint(path) -> dict:
                               f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     if not isinstance(payload, dict) or "model_state_dict" not in payload:
         raise CheckpointError(f"{path} is not a checkpoint: no model_state_dict in it")
+    weights = payload["model_state_dict"]
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise CheckpointError(f"{path} is not a checkpoint: its model_state_dict is not a dict of named tensors")
     payload["model_state_dict"] = clean_state_dict(payload["model_state_dict"])
     return payload
 
