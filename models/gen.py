@@ -63,4 +63,6 @@ class GraphComposer(nn.Module):
             memory = memory + self.node_module(torch.cat([incoming, state], dim=-1))
         state = torch.cat([positions, memory], dim=-1)
         read = structure.bilinear_weights(query_poses[..., :POSITION_DIM], origin)  # (N, Q, nodes)
-        return torch.cat([read @ state, pose_copies(query_poses, self.copies)], dim=-1)  # (N, Q, output_dim)
+        # The original's layout: the pose copies first, then the read state. Original checkpoints' upsample_r
+        # weights expect it channel by channel.
+        return torch.cat([pose_copies(query_poses, self.copies), read @ state], dim=-1)  # (N, Q, output_dim)

@@ -56,23 +56,22 @@ def pose_copies(poses: torch.Tensor, copies: int) -> torch.Tensor:
 class SummedComposer(nn.Module):
     """The GQN baseline: every context view of every maze summed into one vector.
 
-    Seen as a GEN, it is a graph of one node at the centre of the hotel with no edges, so its state
-    has the same layout (2 position numbers + embedding) and the model above it does not change.
+    r = [query x, y | pose copies | summed embedding], the original baseline's layout (its x, y mirror
+    the GEN's read state, which starts with the position it was read at); ``origin`` and ``grid`` are
+    not used: one sum holds the whole hotel.
     """
 
     def __init__(self, embedding: int = 254, copies: int = 32):
         super().__init__()
         self.embedder = Pool(embedding)
         self.copies = copies
-        self.output_dim = embedding + 2 + copies * POSE_DIM
+        self.output_dim = 2 + copies * POSE_DIM + embedding
 
     def forward(self, context_frames, context_poses, query_poses, origin, grid: int):
         n, v = context_poses.shape[:2]
         embeddings = self.embedder(context_frames.flatten(0, 1), context_poses.flatten(0, 1)).view(n, v, -1)
-        centre = origin + grid  # (N, 2): a k x k hotel spans 2k per side
-        state = torch.cat([centre, embeddings.sum(dim=1)], dim=-1)  # (N, 256)
-        state = state[:, None, :].expand(-1, query_poses.shape[1], -1)  # (N, Q, 256)
-        return torch.cat([state, pose_copies(query_poses, self.copies)], dim=-1)  # (N, Q, output_dim)
+        summed = embeddings.sum(dim=1)[:, None, :].expand(-1, query_poses.shape[1], -1)  # (N, Q, embedding)
+        return torch.cat([query_poses[..., :2], pose_copies(query_poses, self.copies), summed], dim=-1)
 
 
 class Conv2dLSTMCell(nn.Module):

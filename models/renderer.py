@@ -25,8 +25,11 @@ class Losses(NamedTuple):
 
 
 def gaussian_kl(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
-    """KL(N(mu_q, var_q) || N(mu_p, var_p)) per element, in closed form."""
-    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p) ** 2) / logvar_p.exp() - 1)
+    """KL(N(mu_q, var_q) || N(mu_p, var_p)) per element, in closed form, in fp32: under bf16 autocast the
+    difference of nearly equal terms would lose the KL's sign. The variances enter as ratios (exp of a
+    difference), which stay finite where exp(logvar) alone would overflow."""
+    mu_q, logvar_q, mu_p, logvar_p = (t.float() for t in (mu_q, logvar_q, mu_p, logvar_p))
+    return 0.5 * (logvar_p - logvar_q + (logvar_q - logvar_p).exp() + (mu_q - mu_p) ** 2 * (-logvar_p).exp() - 1)
 
 
 def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, sigma) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """The model: GEN geometry, both composers, the DRAW renderer, and the original parameter layout."""
+import math
 import re
 
 import pytest
@@ -183,3 +184,54 @@ def test_static_work_runs_once_per_forward_not_once_per_layer():
     model(frames, poses, frames[:, :1], poses[:, :1], origin, 1, sigma=1.0)
     assert counts["prepare"] == 2  # once per core, not once per layer
     assert counts["transposed_conv"] == 0  # r is upsampled by a matrix product, never the convolution
+
+
+def test_r_is_laid_out_as_in_the_original_implementation():
+    """GEN: [8 pose copies | read state (x, y, embedding)]; baseline: [query x, y | 32 pose copies | sum].
+    Original checkpoints' upsample_r weights expect exactly these channels."""
+    torch.manual_seed(0)
+    frames, poses, origin = random_hotel(2)
+    queries = poses[:, ::3]
+    with torch.no_grad():
+        gen, gqn = GraphComposer()(frames, poses, queries, origin, 2), SummedComposer()(frames, poses, queries, origin, 2)
+    assert torch.equal(gen[..., :56], queries.repeat(1, 1, 8))
+    # Bilinear interpolation of the nodes' positions gives back the query's own position.
+    assert torch.allclose(gen[..., 56:58], queries[..., :2], atol=1e-5)
+    assert torch.equal(gqn[..., :2], queries[..., :2]) and torch.equal(gqn[..., 2:226], queries.repeat(1, 1, 32))
+    assert torch.equal(gqn[:, :1, 226:].expand(-1, 4, -1), gqn[..., 226:])  # one sum per hotel
+
+
+def test_message_passing_matches_a_hand_computation_on_the_smallest_lattice():
+    """One and two rounds on a 1x1 hotel, edge by edge: a message from [source, sink] states goes to the
+    sink, and each node's embedding (not its position) moves by node_module([summed messages, state])."""
+    torch.manual_seed(0)
+    frames, poses, origin = random_hotel(1, hotels=1, views=3)
+    query = poses[:, :1]
+    for rounds in (1, 2):
+        composer = GraphComposer(message_steps=rounds)
+        structure = composer.structure(1)
+        with torch.no_grad():
+            r = composer(frames, poses, query, origin, 1)
+            embeddings = composer.embedder(frames[0], poses[0])  # (V, 254)
+            write = structure.bilinear_weights(poses[..., :2], origin)[0]  # (V, nodes)
+            state = torch.cat([structure.node_positions(origin)[0], write.T @ embeddings], dim=-1)  # (nodes, 256)
+            for _ in range(rounds):
+                incoming = torch.zeros_like(state)
+                for source, sink in zip(structure.source.tolist(), structure.sink.tolist()):
+                    incoming[sink] += composer.edge_module(torch.cat([state[source], state[sink]]))
+                update = composer.node_module(torch.cat([incoming, state], dim=-1))
+                state = torch.cat([state[:, :2], state[:, 2:] + update], dim=-1)
+            read = structure.bilinear_weights(query[..., :2], origin)[0] @ state  # (1, 256)
+        assert torch.allclose(r[0, :, 56:], read, atol=1e-4), rounds
+
+
+def test_gaussian_kl_stays_non_negative_in_bf16_and_finite_for_large_variances():
+    torch.manual_seed(0)
+    mu_q, logvar_q, mu_p, logvar_p = (torch.randn(3, 16, 16) * 0.1 for _ in range(4))
+    low = [t.bfloat16() for t in (mu_q, logvar_q, mu_p, logvar_p)]
+    kl = gaussian_kl(*low)
+    assert kl.dtype == torch.float32 and (kl >= 0).all()
+    assert torch.allclose(kl, gaussian_kl(*(t.float() for t in low)))
+    q, p = torch.distributions.Normal(0.0, math.exp(89.0 / 2)), torch.distributions.Normal(0.0, math.exp(89.5 / 2))
+    got = gaussian_kl(torch.tensor(0.0), torch.tensor(89.0), torch.tensor(0.0), torch.tensor(89.5))
+    assert torch.isfinite(got) and torch.allclose(got, torch.distributions.kl_divergence(q, p).float(), rtol=1e-4)
