@@ -168,7 +168,7 @@ class EpisodeCache:
         return self.episodes[index]
 
     def views(self, img_size: int):
-        return lambda index, fractions: episode_views(self(index), fractions, img_size)
+        return lambda index, fractions, taken: episode_views(self(index), fractions, img_size)
 
 
 # ---- models ----------------------------------------------------------------------------------------

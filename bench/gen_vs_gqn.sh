@@ -11,6 +11,7 @@ RESULTS=${RESULTS:-results/compare}
 common=(--train_data_dir data_samples/train --test_data_dir data_samples/test --img_size 16 --layers 4
         --batch_size 8 --train_grids 1 2 --test_grids 1 2 3 4 5 --steps "$STEPS" --sigma_steps 1000
         --log_interval 200 --save_interval 400 --workers 1 --root_log_dir "$RUNS" --saved_model auto --seed 0)
+mkdir -p "$(dirname "$RUNS")"
 OMP_NUM_THREADS=1 python3 train_scene_rendering.py "${common[@]}" > "$RUNS-GEN.log" 2>&1 &
 gen=$!
 OMP_NUM_THREADS=1 python3 train_scene_rendering.py "${common[@]}" --baseline > "$RUNS-GQN.log" 2>&1 &

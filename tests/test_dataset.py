@@ -506,7 +506,8 @@ def test_the_training_loader_replaces_an_episode_whose_views_are_damaged(tmp_pat
     with pytest.warns(UserWarning, match=rf"skipping damaged episode: {damaged}: (view|frame) \d"):
         batch = steps[step]
     assert batch.bad_files == (str(damaged),)
-    replaced = lambda i, fractions: episode_views(load_episode(steps.paths[2 if i == 1 else i]), fractions, 16)  # noqa: E731
+    replaced = lambda i, fractions, taken: episode_views(load_episode(steps.paths[2 if i == 1 else i]),  # noqa: E731
+                                                         fractions, 16)
     assert batches_equal(batch, build_hotels(steps.plan(step), replaced))
 
 

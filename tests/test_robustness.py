@@ -18,7 +18,7 @@ from tests.train_support import (SCRIPT, link_episodes, main_error, one_thread, 
 from utils import schedules
 from utils.checkpoint import save_checkpoint
 from utils.checkpoint_dir import CheckpointDir
-from utils.dataset import list_episodes
+from utils.dataset import EpisodeError, list_episodes
 from utils.hotel import plan_step
 from utils.summaries import read_events
 
@@ -249,3 +249,24 @@ def test_a_resumed_run_keeps_the_logs_of_its_checkpoint_step(scratch, one_thread
     assert train.main(tiny(scratch, "--saved_model", "auto", steps=5, data=SAMPLES)) == 0
     scalars, _ = read_events(scratch / "run" / "runs")
     assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4, 5]  # as TensorBoard shows them
+
+
+def test_a_damaged_episode_is_replaced_by_one_its_hotel_does_not_hold_yet(tmp_path, recwarn):
+    """2x2 hotels from 5 episodes, one damaged: whichever step draws it, the 4 mazes stay distinct."""
+    from tests.test_dataset import distinct_episode
+    from utils.dataset import save_episode
+    from utils.hotel import HotelSteps
+
+    for i, name in enumerate("abcde"):
+        save_episode(tmp_path / f"{name}.pt", *distinct_episode(i))
+    (tmp_path / "b.pt").write_bytes(b"not an episode")
+    steps = HotelSteps(tmp_path, img_size=16, batch_size=4, grids=[2], context_views=1, seed=0)
+    drawn = [s for s in range(40) if 1 in steps.plan(s).episodes.flatten().tolist()]
+    assert drawn
+    for step in drawn:
+        cameras = steps[step].query_poses[0, :, 2]  # each episode's cameras carry its own height
+        assert len(set(cameras.tolist())) == 4, step
+    two_good = HotelSteps(tmp_path, img_size=16, batch_size=4, grids=[2], context_views=1, seed=0)
+    two_good.paths = two_good.paths[:4]  # a, b (damaged), c, d: no 2x2 hotel of distinct good mazes
+    with pytest.raises(EpisodeError, match="too few undamaged episodes"):
+        two_good[drawn[0]]

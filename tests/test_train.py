@@ -150,7 +150,7 @@ def test_bad_flags_exit_with_one_line_before_any_work(scratch, capsys):
         (["--device_ids", "x"], "--device_ids"),
         (["--compile", "fast"], "--compile"),
         (["--workers", "many"], "expected auto or an int >= 0"),
-        (["--seed", str(2 ** 31)], "expected int >= 0 and <= 2147483647"),  # beyond what step_key keeps apart
+        (["--seed", str(2 ** 31)], "expected int >= 0 and <= 2147483647"),
         (["--lr", "inf"], "expected float > 0, got inf"),
     ]
     for argv, needle in cases:
@@ -470,3 +470,13 @@ def test_cuda_graphs_train_like_the_default_compile(scratch):
     assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
     assert len(losses["reduce-overhead"]) == 8
     assert losses["reduce-overhead"] == pytest.approx(losses["default"], rel=1e-4)
+
+
+def test_runs_with_different_seeds_share_no_step_however_long_they_train():
+    from utils.hotel import step_key
+    # A linear mix (seed * 1,000,003 + step) gave seed 1's step 5 the key of seed 0's step 1,000,008.
+    assert step_key(1, 5, 0) != step_key(0, 1_000_008, 0)
+    keys = {step_key(seed, step, rank) for seed in range(3) for step in (0, 1, 10 ** 6, 10 ** 6 + 3, 10 ** 9)
+            for rank in range(4)}
+    assert len(keys) == 3 * 5 * 4 and all(0 <= key < 2 ** 64 for key in keys)
+    assert len({train.noise_seed(0, step, 0) for step in range(1000)}) == 1000

@@ -11,6 +11,7 @@ touch mostly the central nodes.
 What a step sees is a pure function of ``(seed, step, rank)`` (``plan_step``), so a resumed run
 sees exactly the batches the uninterrupted run would have.
 """
+import hashlib
 import warnings
 from typing import NamedTuple, Sequence
 
@@ -52,13 +53,14 @@ class StepPlan(NamedTuple):
     origin: torch.Tensor  # (H, 2) lower-left world corner of each hotel
 
 
-MAX_SEED = 2 ** 31 - 1  # step_key stays below 2^64, the largest seed a torch.Generator takes, for 10^14 steps
+MAX_SEED = 2 ** 31 - 1  # the command lines' bound: a seed also seeds torch.Generators directly
 
 
 def step_key(seed: int, step: int, rank: int) -> int:
-    """One integer per (seed, step, rank), distinct for all of them (steps below 1,000,003, ranks below 7,919);
-    the large multipliers keep them apart."""
-    return (seed * 1_000_003 + step) * 7_919 + rank
+    """A 64-bit key per (seed, step, rank): a hash, so two runs with different seeds share no step however
+    long they train (a linear mix of the three would repeat once the steps reach its multiplier)."""
+    digest = hashlib.blake2b(f"{seed},{step},{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -112,14 +114,16 @@ def episode_views(episode, fractions: torch.Tensor, img_size: int):
 
 
 def build_hotels(plan: StepPlan, views, raw: bool = False) -> HotelBatch:
-    """Decode the planned views. ``views(episode_index, fractions) -> (pixels, cameras)``, as
-    ``episode_views`` gives them (the caller may substitute a damaged episode)."""
+    """Decode the planned views. ``views(episode_index, fractions, taken) -> (pixels, cameras)``, as
+    ``episode_views`` gives them; ``taken`` holds the episodes of the hotel so far, so that a reader that
+    substitutes a damaged episode picks one the hotel does not hold yet (and adds it)."""
     hotels, mazes, _ = plan.views.shape
     cells = maze_cells(plan.grid)
     context_frames, context_poses, query_frames, query_poses = [], [], [], []
     for h in range(hotels):
+        taken = set(plan.episodes[h].tolist())
         for m in range(mazes):
-            frames, cameras = views(int(plan.episodes[h, m]), plan.views[h, m])  # (C + 1, 3, S, S), query last
+            frames, cameras = views(int(plan.episodes[h, m]), plan.views[h, m], taken)  # (C + 1, 3, S, S), query last
             poses = world_poses(cameras, cells[m], plan.origin[h], raw)
             context_frames.append(frames[:-1])
             query_frames.append(frames[-1])
@@ -160,20 +164,27 @@ class HotelSteps(torch.utils.data.Dataset):
     def __getitem__(self, step: int) -> HotelBatch:
         newly_bad = []
 
-        def views(index, fractions):
+        def views(index, fractions, taken):
             # A file is tried again every time it is drawn, even if it failed before: a partly damaged
             # one fails only for some views, and what a step sees must not depend on the steps this
             # worker built before it. self.bad only keeps a file from being reported twice.
             for offset in range(len(self.paths)):
-                path = self.paths[(index + offset) % len(self.paths)]
+                candidate = (index + offset) % len(self.paths)
+                if offset and candidate in taken:
+                    continue  # the hotel holds it already: its mazes stay distinct
+                path = self.paths[candidate]
                 try:
-                    return episode_views(load_episode(path), fractions, self.img_size)
+                    found = episode_views(load_episode(path), fractions, self.img_size)
                 except EpisodeError as error:
                     if path not in self.bad:
                         self.bad.add(path)
                         newly_bad.append(str(path))
                         warnings.warn(f"skipping damaged episode: {error}")
-            raise EpisodeError(f"every episode in {self.paths[0].parent} is damaged")
+                    continue
+                taken.add(candidate)
+                return found
+            raise EpisodeError(f"too few undamaged episodes in {self.paths[0].parent} for a hotel of "
+                               f"{len(taken)} distinct mazes")
 
         batch = build_hotels(self.plan(step), views, self.raw_poses)
         return batch._replace(bad_files=tuple(newly_bad))
