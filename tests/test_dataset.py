@@ -7,7 +7,11 @@ import json
 import os
 import pickle
 import pickletools
+import struct
+import subprocess
 import sys
+import tracemalloc
+import zipfile
 from collections import namedtuple
 
 import numpy as np
@@ -685,3 +689,251 @@ def test_memo_indices_in_order_are_accepted(tmp_path):
     path.write_bytes(LEGACY_HEAD + pickle.dumps([b"x"], protocol=2))  # memoises 0, 1, ...: passes the scan
     with pytest.raises(EpisodeError, match="holds a list, not a Scene"):
         load_episode(path)
+
+
+# ---- a crafted file cannot change how later files read ------------------------------------------------------
+
+def slots_build(module: str, name: str, **attributes) -> bytes:
+    """A pickle: GLOBAL module.name, then BUILD (None, attributes): setattr on the object GLOBAL gave."""
+    state = pickle.dumps((None, attributes), protocol=2)[2:-1]  # minus PROTO and STOP
+    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + state + b"b."
+
+
+@pytest.mark.parametrize("module, name, attribute, value", [
+    ("__main__", "Scene", "frames", [b"\xff\xd8 not the file's frame"] * 4),
+    ("__main__", "Scene", "cameras", np.zeros((1, 4, 5), np.float32)),
+    ("_codecs", "encode", "__defaults__", ("latin1", "strict")),
+    ("numpy.core.multiarray", "_reconstruct", "__name__", "changed"),
+])
+def test_a_pickle_cannot_change_the_readers_stand_ins(tmp_path, main_scene, module, name, attribute, value):
+    """GLOBAL __main__ Scene + BUILD set the shared Scene class's frames/cameras accessors, so every later
+    legacy file read by the unpickler gave the crafted file's frames or cameras."""
+    frames, cameras = tiny_episode(4)
+    later = write_legacy(tmp_path / "later.pt", main_scene, frames, cameras[None])
+    stand_in = dataset._ALLOWED_GLOBALS[(module, name)]
+    before = getattr(stand_in, attribute, None)
+    crafted = tmp_path / "crafted.pt"
+    crafted.write_bytes(LEGACY_HEAD + slots_build(module, name, **{attribute: value}))
+    with pytest.raises(EpisodeError) as err:
+        load_episode(crafted)
+    assert getattr(stand_in, attribute, None) is before
+    episode = load_episode(later)
+    assert isinstance(episode.frames, list), "not read by the restricted unpickler"
+    assert episode.frames == frames and np.array_equal(episode.cameras, cameras)
+    assert str(err.value).startswith(f"{crafted}: corrupt episode file (UnpicklingError: refused to set '{attribute}'")
+
+
+# ---- memory: refused before the big allocation -----------------------------------------------------------
+
+def test_a_gzip_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    """gzip.decompress had no limit: 2 MB of gzip inflated to 2 GB before the reader refused it. Shown here
+    with a 1 MiB limit and 16 MiB of zeros: Python's peak memory stays far below what inflating it takes."""
+    monkeypatch.setattr(dataset, "_MAX_EPISODE_BYTES", 1 << 20, raising=False)
+    path = tmp_path / "bomb.pt.gz"
+    path.write_bytes(gzip.compress(bytes(16 << 20), compresslevel=1))  # 16 kB
+    tracemalloc.start()
+    try:
+        with pytest.raises(EpisodeError) as err:
+            load_episode(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"{peak >> 20} MiB allocated"
+    assert str(err.value).startswith(f"{path}: corrupt episode file (decompresses to more than 1 MiB")
+
+
+def test_gzip_members_padding_and_truncation(tmp_path):
+    """Still read as gzip.decompress read them: several members and zero padding; a cut member is refused."""
+    frames, cameras = tiny_episode(3)
+    save_episode(tmp_path / "ep.pt", frames, cameras)
+    raw = (tmp_path / "ep.pt").read_bytes()
+    path = tmp_path / "members.pt.gz"
+    path.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]) + bytes(8))
+    assert load_episode(path).frames == frames
+    path.write_bytes(gzip.compress(raw)[:-20])
+    with pytest.raises(EpisodeError, match=f"^{path}: truncated"):
+        load_episode(path)
+
+
+def rezipped(raw: bytes, compress_type=zipfile.ZIP_STORED, copies_of=None, copies=0) -> bytes:
+    """Our (zip) file's records rewritten with ``compress_type``; with ``copies`` more central-directory
+    entries for record ``copies_of``, all pointing at its one stored copy."""
+    source, out = zipfile.ZipFile(io.BytesIO(raw)), io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for info in source.infolist():
+            z.writestr(info.filename, source.read(info.filename), compress_type=compress_type)
+    data = out.getvalue()
+    if not copies:
+        return data
+    end = data.rindex(b"PK\x05\x06")  # end of central directory (no zip64: the file is small)
+    entries, size, start = struct.unpack_from("<HII", data, end + 10)
+    at = start
+    while True:  # find the record's central-directory entry
+        name, extra, comment = struct.unpack_from("<3H", data, at + 28)
+        entry = data[at:at + 46 + name + extra + comment]
+        if entry[46:46 + name].decode() == copies_of:
+            break
+        at += len(entry)
+    central = data[start:start + size] + entry * copies
+    tail = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, entries + copies, entries + copies, len(central), start, 0)
+    return data[:start] + central + tail
+
+
+def test_a_zip_bomb_is_refused_before_torch_load(tmp_path):
+    """torch.load inflates deflated records (1 MB of zip: 1 GB of zeros) and reads aliased ones (one
+    stored record listed n times); an episode's records are stored, and no larger than the file."""
+    frames, cameras = tiny_episode(3)
+    save_episode(tmp_path / "ep.pt", frames, cameras)
+    raw = (tmp_path / "ep.pt").read_bytes()
+    path = tmp_path / "zipped.pt"
+    path.write_bytes(rezipped(raw))  # stored records, written by another zip writer: fine
+    assert load_episode(path).frames == frames
+    for data in (rezipped(raw, zipfile.ZIP_DEFLATED), rezipped(raw, copies_of="archive/data/0", copies=3)):
+        path.write_bytes(data)
+        with pytest.raises(EpisodeError, match=rf"^{path}: corrupt episode file \(compressed or oversized zip"):
+            load_episode(path)
+
+
+class Allocated(BaseException):
+    """Raised by a spy on the tensor methods that allocate; not an Exception, so no reader turns it into
+    an EpisodeError."""
+
+
+@pytest.mark.parametrize("tensor", ["frames", "frame_offsets", "cameras", "a slice"])
+def test_a_tensor_that_does_not_fill_its_storage_is_refused_before_use(tmp_path, monkeypatch, tensor):
+    """A stride-0 (expanded) tensor of one stored byte claimed 2**40 bytes, which tolist() or contiguous()
+    then tried to make (and expanded cameras loaded as N equal poses)."""
+    frames, cameras = tiny_episode(4)
+    save_episode(tmp_path / "ep.pt", frames, cameras)
+    record = torch.load(tmp_path / "ep.pt", weights_only=True)
+    record[tensor if tensor != "a slice" else "cameras"] = {
+        "frames": torch.tensor([0xFF], dtype=torch.uint8).expand(1 << 40),
+        "frame_offsets": torch.tensor([0], dtype=torch.int64).expand(1 << 40),
+        "cameras": torch.zeros(1, 5).expand(4, 5),
+        "a slice": torch.zeros(8, 5)[:4],  # stores all 8 rows
+    }[tensor]
+    path = tmp_path / "crafted.pt"
+    torch.save(record, path)
+
+    def allocates(*args, **kwargs):
+        raise Allocated
+
+    monkeypatch.setattr(torch.Tensor, "tolist", allocates)
+    monkeypatch.setattr(torch.Tensor, "contiguous", allocates)
+    with pytest.raises(EpisodeError, match=f"^{path}: corrupt episode file \\(a tensor does not fill its storage"):
+        load_episode(path)
+
+
+def test_offsets_must_match_the_cameras(tmp_path):
+    frames, cameras = tiny_episode(4)
+    save_episode(tmp_path / "ep.pt", frames, cameras)
+    record = torch.load(tmp_path / "ep.pt", weights_only=True)
+    record["frame_offsets"] = torch.cat([record["frame_offsets"], record["frame_offsets"][-1:]])  # 5 frames
+    torch.save(record, tmp_path / "ep.pt")
+    with pytest.raises(EpisodeError, match=r"cameras have shape \(4, 5\), expected \(5, 5\) for 5 frames"):
+        load_episode(tmp_path / "ep.pt")
+
+
+def test_a_stream_the_opcode_scan_cannot_parse_is_refused(tmp_path, main_scene):
+    """The scan that bounds memo indices gave up, silently, on a stream it could not parse, such as an INT
+    "0x1" that the unpickler accepts; a LONG_BINPUT after it then grew the memo unchecked (index 2**29:
+    a 13-byte file took 2.5 GB; 2**20 here: 16 MB)."""
+    path = tmp_path / "memo.pt"
+    path.write_bytes(LEGACY_HEAD + b"\x80\x02I0x1\nr" + (1 << 20).to_bytes(4, "little") + b".")
+    with pytest.raises(EpisodeError, match=f"^{path}: truncated or corrupt file \\(ValueError: invalid literal"):
+        load_episode(path)
+    good = write_legacy(tmp_path / "good.pt", main_scene, *tiny_episode(4)).read_bytes()
+    path.write_bytes(good[:len(good) // 2])
+    with pytest.raises(EpisodeError, match=f"^{path}: truncated or corrupt file"):
+        load_episode(path)
+
+
+# ---- JPEG frame headers --------------------------------------------------------------------------------------
+
+def with_frame_header(frame: bytes, height: int, width: int) -> bytes:
+    """``frame`` with its start-of-frame header declaring height x width (the data is left as it was)."""
+    at = frame.index(b"\xff\xc0")
+    return frame[:at + 5] + struct.pack(">HH", height, width) + frame[at + 9:]
+
+
+def test_a_frame_header_declaring_a_huge_image_is_refused_before_decoding(tmp_path):
+    """A header declaring 20000 x 20000 (in 12 kB) decoded, to garbage and silently, in 3 GB; 1025 x 1025
+    here. Headers up to 1024 per side pass, so do junk-free JPEGs of any size the data uses."""
+    frames, cameras = tiny_episode(4)
+    frames[1] = with_frame_header(frames[1], 1025, 84)
+    frames[2] = b"\xff\xd8" + b"junk" + frames[2][2:]  # libjpeg skips junk and finds the header after it
+    frames[3] = jpeg(size=16)
+    path = tmp_path / "big.pt"
+    save_episode(path, frames, cameras)
+    episode = load_episode(path)
+    assert decode_views(episode, [0], 16).shape == decode_views(episode, [3], 16).shape == (1, 3, 16, 16)
+    with pytest.raises(EpisodeError, match=rf"^{path}: view 1: undecodable JPEG \(frame header declares 1025 x 84"):
+        decode_views(episode, [0, 1], 16)
+    with pytest.raises(EpisodeError, match=rf"^{path}: view 2: undecodable JPEG \(no JPEG frame header"):
+        decode_views(episode, [2], 16)
+    save_episode(path, [frames[1]], cameras[:1])
+    with pytest.raises(EpisodeError, match=rf"^{path}: view 0: undecodable JPEG \(frame header declares"):
+        episode_info(path)
+    assert dataset._jpeg_size(with_frame_header(jpeg(), 1024, 1024)) == (1024, 1024)
+    assert dataset._jpeg_size(jpeg(size=64)) == (64, 64)
+
+
+@requires_shared
+def test_every_real_and_sample_frame_passes_the_header_check():
+    paths = list_episodes(TRAIN)[:3] + list_episodes(REPO_ROOT / "data_samples" / "train")[:3]
+    assert {dataset._jpeg_size(f) for p in paths for f in load_episode(p).frames} == {(84, 84)}
+
+
+# ---- rewrite and info: errors are one line ------------------------------------------------------------------
+
+def test_rewrite_refuses_two_sources_with_one_target(tmp_path, capsys):
+    """a.pt and a.pt.gz both became DST/a.pt: the second was skipped as done, and lost, with exit 0."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    save_episode(src / "a.pt", *distinct_episode(0))
+    save_episode(src / "a.pt.gz", *distinct_episode(1))
+    assert dataset.main(["rewrite", str(src), str(dst), "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"python -m utils.dataset: error: {src / 'a.pt'} and {src / 'a.pt.gz'} would both be written "
+                   f"to {dst / 'a.pt'}; rename one\n")
+    assert not dst.exists()
+
+
+def test_rewrite_os_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    """DST a file, or a full disk: one line naming the path and exit 2, not a traceback; what was
+    written stays, and no temporary file is left."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for i in range(2):
+        save_episode(src / f"{i}.pt", *distinct_episode(i))
+    dst.write_text("my notes")
+    assert dataset.main(["rewrite", str(src), str(dst), "--no_progress"]) == 2
+    assert capsys.readouterr().err.startswith(f"python -m utils.dataset: error: {dst}: cannot create")
+    assert dst.read_text() == "my notes"
+    dst.unlink()
+    dst.mkdir()
+    save_episode(dst / "0.pt", *distinct_episode(0))  # from an earlier run
+    before = (dst / "0.pt").read_bytes()
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dataset.os, "fsync", disk_full)
+    assert dataset.main(["rewrite", str(src), str(dst), "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"python -m utils.dataset: error: {dst / '1.pt'}: cannot write: "
+                                                   "No space left on device")
+    assert os.listdir(dst) == ["0.pt"] and (dst / "0.pt").read_bytes() == before
+
+
+def test_info_into_a_closed_pipe_stops_quietly(tmp_path):
+    """`info ... | head -1`: the reader has gone; a traceback (BrokenPipeError) was printed."""
+    save_episode(tmp_path / "ep.pt", *tiny_episode(2))
+    read, write = os.pipe()
+    os.close(read)  # the first line written meets a closed pipe
+    try:
+        done = subprocess.run([sys.executable, "-m", "utils.dataset", "info", str(tmp_path / "ep.pt")],
+                              cwd=REPO_ROOT, stdout=write, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, b"")

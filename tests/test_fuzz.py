@@ -23,7 +23,8 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+import torch
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import utils.dataset as dataset
@@ -255,6 +256,27 @@ def restricted_only(path):
     """What the restricted unpickler alone (the fast path switched off) makes of a file."""
     with mock.patch.object(dataset, "_read_legacy_fast", lambda raw, path: None):
         return read_episode(path)
+
+
+@pytest.fixture(scope="module")
+def jpeg_frame():
+    return tiny_episode(1)[0][0]
+
+
+@FUZZ
+@given(edits=EDITS)
+def test_mutated_jpeg_frame(jpeg_frame, edits):
+    """A frame's header check agrees with libjpeg: a frame it passes decodes (if at all) to the size it
+    read, never above the limit; anything else is the RuntimeError that callers report as undecodable."""
+    frame = mutate(jpeg_frame, edits)
+    assume(frame.startswith(b"\xff\xd8"))  # loading refuses other frames
+    size = dataset._jpeg_size(frame)
+    try:
+        with time_limit():
+            image = dataset._decode_jpeg(torch.frombuffer(bytearray(frame), dtype=torch.uint8))
+    except RuntimeError:
+        return
+    assert size is not None and tuple(image.shape[-2:]) == size and max(size) <= dataset._MAX_JPEG_SIDE
 
 
 # ---- TFRecord ------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 An *episode* is one maze seen from N (300) cameras: N JPEG images (84 x 84 RGB) and an (N, 5) float32
 array of camera poses ``x, y, z, yaw, pitch``.
 
-Formats read by :func:`load_episode` (all of them also gzip-compressed, detected by magic bytes):
+Formats read by :func:`load_episode` (all of them also gzip-compressed, detected by magic bytes, and
+refused if they decompress to more than 64 MiB):
 
 * legacy: the original GEN tools' files (``../shared/mazes/train/*.pt``), a legacy (non-zip)
   ``torch.save`` stream: four pickles in a row - magic number, protocol version (1001), sys_info dict,
@@ -18,7 +19,10 @@ Formats read by :func:`load_episode` (all of them also gzip-compressed, detected
   unpickler.
 * ours (written by :func:`save_episode`): ``torch.save`` (zip) of a plain dict ``{"frames": uint8 tensor
   of all JPEG bytes concatenated, "frame_offsets": int64 (N + 1,), "cameras": float32 (N, 5)}``, read
-  with ``torch.load(weights_only=True)``.
+  with ``torch.load(weights_only=True)`` once its zip records are known to be stored (not compressed);
+  each tensor must be exactly its own storage, as save_episode writes it.
+
+A frame is decoded only if its JPEG header declares at most 1024 x 1024 pixels.
 
 Bad files raise :class:`EpisodeError`, whose message starts with the file's path.
 """
@@ -38,6 +42,7 @@ import pickle
 import pickletools
 import re
 import sys
+import zipfile
 import zlib
 from collections import namedtuple
 from collections.abc import Iterable, Sequence
@@ -77,6 +82,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a legacy torch.save stream
 _LEGACY_PROTOCOL = 1001
+_MAX_EPISODE_BYTES = 64 << 20  # a decompressed episode file; a real one is about 1.2 MB
 
 
 class EpisodeError(ValueError):
@@ -115,12 +121,42 @@ def list_episodes(directory: str | os.PathLike) -> list[Path]:
 # inert stand-in: pickle data never reaches numpy's own reconstruction, because numpy trusts its pickles
 # (a crafted dtype state can turn raw bytes into object pointers). Arrays are rebuilt here from checked
 # (shape, dtype, data) instead.
-_LegacyScene = namedtuple("Scene", ["frames", "cameras"])  # stands in for the original __main__.Scene
+# The stand-ins are shared by every file, so none may be changed by one: a pickle's GLOBAL then BUILD sets
+# attributes on the object GLOBAL gave (a class's namedtuple accessors, a function's __defaults__), which
+# would change how every later file reads. Classes are _Sealed, functions wrapped in _SealedFunction.
+class _Sealed(type):
+    """Metaclass of the classes find_class hands out: their attributes cannot be set."""
+
+    def __setattr__(cls, name, value):
+        raise pickle.UnpicklingError(f"refused to set {name!r} on {cls.__name__} (the file may be malicious)")
+
+
+class _SealedFunction:
+    """A function find_class hands out, whose attributes cannot be set."""
+
+    __slots__ = ("_function",)
+
+    def __init__(self, function):
+        object.__setattr__(self, "_function", function)
+
+    def __call__(self, *args, **kwargs):
+        return self._function(*args, **kwargs)
+
+    def __setattr__(self, name, value):
+        raise pickle.UnpicklingError(f"refused to set {name!r} on a function (the file may be malicious)")
+
+
+class _LegacyScene(namedtuple("Scene", ["frames", "cameras"]), metaclass=_Sealed):
+    """Stands in for the original __main__.Scene."""
+
+    __slots__ = ()
+
+
 _NUMERIC_DTYPE = re.compile(r"[fiu][1248]|b1")  # the dtype codes numpy pickles for plain numbers
 _OBJECT_DTYPE = "O8"
 
 
-class _PickledDtype:
+class _PickledDtype(metaclass=_Sealed):
     """numpy.dtype(code, align, copy) followed by BUILD(state), kept as data."""
 
     def __init__(self, code, align=False, copy=False):
@@ -187,13 +223,13 @@ def _empty_bytes(*args):
 
 _ALLOWED_GLOBALS = {
     ("__main__", "Scene"): _LegacyScene,
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _SealedFunction(_reconstruct),
+    ("numpy._core.multiarray", "_reconstruct"): _SealedFunction(_reconstruct),
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _PickledDtype,
-    ("_codecs", "encode"): _latin1_encode,
-    ("__builtin__", "bytes"): _empty_bytes,
-    ("builtins", "bytes"): _empty_bytes,
+    ("_codecs", "encode"): _SealedFunction(_latin1_encode),
+    ("__builtin__", "bytes"): _SealedFunction(_empty_bytes),
+    ("builtins", "bytes"): _SealedFunction(_empty_bytes),
 }
 
 
@@ -358,10 +394,12 @@ _BUFFER_OPCODES = frozenset({"BYTEARRAY8", "NEXT_BUFFER", "READONLY_BUFFER"})
 
 def _check_opcodes(raw: bytes, path: str, pickles: int) -> None:
     """Scan the first ``pickles`` pickles of ``raw`` without running them; raise EpisodeError on an
-    out-of-range memo index or a buffer opcode. Malformed streams pass: the unpickler reports them."""
+    out-of-range memo index, a buffer opcode, or a stream the scan cannot parse."""
     stream = io.BytesIO(raw)
     try:
         for _ in range(pickles):
+            if stream.tell() == len(raw):
+                return  # fewer pickles than that: the unpickler stops where this scan did, and says so
             for count, (opcode, arg, _) in enumerate(pickletools.genops(stream)):
                 if opcode.name in _BUFFER_OPCODES:
                     raise EpisodeError(f"{path}: corrupt episode file (pickle opcode {opcode.name})")
@@ -369,8 +407,10 @@ def _check_opcodes(raw: bytes, path: str, pickles: int) -> None:
                     raise EpisodeError(f"{path}: corrupt episode file (pickle memo index {arg} out of range)")
     except EpisodeError:
         raise
-    except Exception:  # not a well-formed pickle stream
-        return
+    except Exception as e:
+        # Refused, not left to the unpickler: it accepts some opcodes the scan cannot parse (INT "0x1"), and
+        # what follows them would then reach it unchecked (e.g. a memo index asking for gigabytes).
+        raise EpisodeError(f"{path}: truncated or corrupt file ({type(e).__name__}: {e})") from None
 
 
 def _read_legacy(raw: bytes, path: str):
@@ -393,18 +433,33 @@ def _read_legacy(raw: bytes, path: str):
 
 
 def _read_ours(raw: bytes, path: str):
+    # torch.save stores every record uncompressed; a compressed record could inflate to gigabytes inside
+    # torch.load, so records must be stored and, in all, no larger than the file.
+    records = zipfile.ZipFile(io.BytesIO(raw)).infolist()
+    if any(r.compress_type != zipfile.ZIP_STORED or r.compress_size != r.file_size for r in records) \
+            or sum(r.file_size for r in records) > len(raw):
+        raise EpisodeError(f"{path}: corrupt episode file (compressed or oversized zip records)")
     data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     if not isinstance(data, dict) or not {"frames", "frame_offsets", "cameras"} <= data.keys():
         raise EpisodeError(f"{path}: not an episode: expected a dict with frames, frame_offsets, cameras")
     blob, offsets, cameras = data["frames"], data["frame_offsets"], data["cameras"]
     if not all(isinstance(t, torch.Tensor) for t in (blob, offsets, cameras)):
         raise EpisodeError(f"{path}: frames, frame_offsets and cameras must be tensors")
+    # A tensor's shape and strides come from the pickle: a stride-0 (expanded) tensor of a few stored bytes
+    # can claim billions of elements, which tolist() or contiguous() would then make. save_episode writes
+    # each tensor as exactly its own storage, so require that before touching any.
+    if not all(t.is_contiguous() and t.storage_offset() == 0
+               and t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in (blob, offsets, cameras)):
+        raise EpisodeError(f"{path}: corrupt episode file (a tensor does not fill its storage)")
     if blob.dtype != torch.uint8 or blob.dim() != 1 or offsets.dtype != torch.int64 or offsets.dim() != 1:
         raise EpisodeError(f"{path}: frames must be 1-D uint8 and frame_offsets 1-D int64")
+    n = max(len(offsets) - 1, 0)
+    if cameras.shape != (n, len(CAMERA_FIELDS)):
+        raise EpisodeError(f"{path}: cameras have shape {tuple(cameras.shape)}, expected ({n}, 5) for {n} frames")
     offs = offsets.tolist()
     if not offs or offs[0] != 0 or offs[-1] != blob.numel() or any(a > b for a, b in zip(offs, offs[1:])):
         raise EpisodeError(f"{path}: frame_offsets do not split the frame bytes (corrupt file)")
-    return _LazyFrames(blob.contiguous().numpy(), list(zip(offs, offs[1:])), path, text=False), cameras.numpy()
+    return _LazyFrames(blob.numpy(), list(zip(offs, offs[1:])), path, text=False), cameras.numpy()
 
 
 def _validated(frames, cameras, path: str) -> Episode:
@@ -433,6 +488,23 @@ def _validated(frames, cameras, path: str) -> Episode:
     return Episode(frames=frames if isinstance(frames, _LazyFrames) else list(frames), cameras=cameras, path=path)
 
 
+def _gunzip(raw: bytes, path: str) -> bytes:
+    """gzip.decompress (every member; zero padding after them ignored), refusing an output larger than
+    _MAX_EPISODE_BYTES before making it: a few kB of gzip can inflate to gigabytes."""
+    members, size = [], 0
+    while raw:
+        inflate = zlib.decompressobj(wbits=31)  # gzip framing; checks each member's CRC and length
+        members.append(inflate.decompress(raw, _MAX_EPISODE_BYTES + 1 - size))
+        size += len(members[-1])
+        if size > _MAX_EPISODE_BYTES:
+            raise EpisodeError(f"{path}: corrupt episode file (decompresses to more than "
+                               f"{_MAX_EPISODE_BYTES >> 20} MiB; an episode is about 1.2 MB)")
+        if not inflate.eof:
+            raise EpisodeError(f"{path}: truncated or corrupt file (gzip data ends early)")
+        raw = inflate.unused_data.lstrip(b"\0")
+    return b"".join(members)
+
+
 def load_episode(path: str | os.PathLike) -> Episode:
     """Read one episode file in any supported format (see module docstring); never runs code from it.
 
@@ -449,12 +521,12 @@ def load_episode(path: str | os.PathLike) -> Episode:
         raise EpisodeError(f"{name}: cannot read: {e.strerror or e}") from None
     try:
         if raw[:2] == _GZIP_MAGIC:
-            raw = gzip.decompress(raw)
+            raw = _gunzip(raw, name)
         reader = _read_ours if raw[:4] == _ZIP_MAGIC else _read_legacy
         frames, cameras = reader(raw, name)
     except EpisodeError:
         raise
-    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+    except (EOFError, zlib.error) as e:
         raise EpisodeError(f"{name}: truncated or corrupt file ({type(e).__name__}: {e})") from None
     except Exception as e:  # anything a damaged pickle/zip makes the restricted readers raise
         raise EpisodeError(f"{name}: corrupt episode file ({type(e).__name__}: {e})") from None
@@ -487,13 +559,47 @@ def save_episode(path: str | os.PathLike, frames: Sequence[bytes], cameras: np.n
 
 
 # ---- decoding --------------------------------------------------------------------------------------
+# A JPEG's frame header may declare up to 65535 x 65535 pixels, and libjpeg allocates for that size
+# whatever data follows (20000 x 20000: 3 GB). Episode frames are 84 x 84; anything over this is refused.
+_MAX_JPEG_SIDE = 1024
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start of frame; not DHT, JPG, DAC
+
+
+def _jpeg_size(data) -> tuple[int, int] | None:
+    """(height, width) declared by a JPEG's frame header, found by walking the marker segments after its
+    start marker; None if the walk meets anything else first (libjpeg skips junk between segments, so it
+    could find a header this walk did not: such a JPEG is refused)."""
+    at = 2
+    while at + 9 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker in _SOF_MARKERS:  # FF Cn, length (2), precision (1), height (2), width (2)
+            return int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 7:at + 9], "big")
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+        elif marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            at += 2
+        elif marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header came first
+            return None
+        else:
+            at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+    return None
+
+
 def _decode_jpeg(data):
     """torchvision.io.decode_jpeg to RGB uint8 (3, H, W); ``data`` a uint8 tensor or a list of them.
+    RuntimeError, as for undecodable data, if a frame header is missing or larger than _MAX_JPEG_SIDE.
 
     torchvision is imported on first use: listing, loading, saving and converting do not need it.
     """
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    for tensor in data if isinstance(data, list) else [data]:
+        size = _jpeg_size(memoryview(tensor.numpy()))
+        if size is None:
+            raise RuntimeError("no JPEG frame header before the image data")
+        if max(size) > _MAX_JPEG_SIDE:
+            raise RuntimeError(f"frame header declares {size[0]} x {size[1]} pixels, more than {_MAX_JPEG_SIDE} "
+                               "per side")
     return decode_jpeg(data, mode=ImageReadMode.RGB)
 
 
@@ -623,7 +729,8 @@ def _info(args: argparse.Namespace) -> int:
 
 def _rewrite(args: argparse.Namespace) -> int:
     """Every episode of SRC into DST in our format, plain ``.pt`` (JPEGs do not compress). Episodes
-    already in DST are skipped, so an interrupted run resumes; each file is written atomically."""
+    already in DST are skipped, so an interrupted run resumes; each file is written atomically. Two
+    sources with one target name, or an OS error (DST a file, a full disk), stop it with one line (exit 2)."""
     from tqdm import tqdm
 
     src, dst = Path(args.src), Path(args.dst)
@@ -635,18 +742,32 @@ def _rewrite(args: argparse.Namespace) -> int:
     if dst.resolve() == src.resolve():
         print_error(PROG, f"DST {dst} is SRC; rewrite into another directory")
         return 2
-    dst.mkdir(parents=True, exist_ok=True)
+    targets = [dst / path.name.removesuffix(".gz") for path in paths]
+    first = {}  # target -> its first source: a.pt and a.pt.gz would both be DST/a.pt, and one be lost
+    for path, target in zip(paths, targets):
+        if first.setdefault(target, path) != path:
+            print_error(PROG, f"{first[target]} and {path} would both be written to {target}; rename one")
+            return 2
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print_error(PROG, f"{dst}: cannot create the output directory: {e.strerror or e}")
+        return 2
     failed = 0
-    for path in tqdm(paths, unit="episode", disable=args.no_progress):
-        target = dst / path.name.removesuffix(".gz")
-        if target.exists():
-            continue
-        try:
-            episode = load_episode(path)
-            save_episode(target, episode.frames, episode.cameras)  # converts every frame: may find one damaged
-        except EpisodeError as e:
-            print_error(PROG, e)
-            failed += 1
+    with tqdm(paths, unit="episode", disable=args.no_progress) as progress:  # closed before an early return
+        for path, target in zip(progress, targets):
+            if target.exists():
+                continue
+            try:
+                episode = load_episode(path)
+                save_episode(target, episode.frames, episode.cameras)  # converts every frame: may find one damaged
+            except EpisodeError as e:
+                print_error(PROG, e)
+                failed += 1
+            except OSError as e:  # a full disk, a file-size limit: the atomic write left no partial file
+                print_error(PROG, f"{target}: cannot write: {e.strerror or e}; the episodes written so far are "
+                                  "complete, and the same command resumes")
+                return 2
     if failed:
         print_error(PROG, f"{failed} of {len(paths)} episodes in {src} could not be read (named above); the "
                           f"rest are in {dst}")
@@ -672,4 +793,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # stdout closed early (`info ... | head -1`): stop quietly, like a tool SIGPIPE ends
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the flush at exit cannot fail
+        sys.exit(141)  # 128 + SIGPIPE
