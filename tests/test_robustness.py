@@ -270,3 +270,28 @@ def test_a_damaged_episode_is_replaced_by_one_its_hotel_does_not_hold_yet(tmp_pa
     two_good.paths = two_good.paths[:4]  # a, b (damaged), c, d: no 2x2 hotel of distinct good mazes
     with pytest.raises(EpisodeError, match="too few undamaged episodes"):
         two_good[drawn[0]]
+
+
+def test_ctrl_c_stops_like_sigterm_and_a_second_one_aborts(scratch, one_thread, monkeypatch, capsys):
+    def ctrl_c_at(step):
+        def hook(at, loss):
+            if at == step:
+                os.kill(os.getpid(), signal.SIGINT)
+            return loss
+        return hook
+
+    monkeypatch.setattr(train, "_loss_hook", ctrl_c_at(0))
+    assert train.main(tiny(scratch, steps=4, data=SAMPLES)) == 0
+    assert re.search(r"stopped by SIGINT at step [12]; saved", capsys.readouterr().err)
+    with train.StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_gpu_that_does_not_exist_is_one_line(scratch, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    line = main_error(tiny(scratch, "--device_ids", 0, 3, data=SAMPLES), capsys)
+    assert "names GPU 3 but only 2 GPU(s) are visible" in line
