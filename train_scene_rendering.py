@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from models.scene import IMAGE_SIZES, ModelConfig, SceneModel
 from utils import distributed, optimizer, schedules, summaries
-from utils.checkpoint import CheckpointError, load_checkpoint, load_model_state
+from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model_state
 from utils.checkpoint_dir import CheckpointDir
 from utils.command import number
 from utils.dataset import EpisodeError, list_episodes
@@ -160,17 +160,18 @@ def check_batch(args, runtime: distributed.Runtime) -> int:
     """This process's batch size. A k x k step uses ``batch_size // k^2`` hotels over all devices; they must
     split evenly over the processes and DataParallel replicas, for every --train_grids size (else a step
     would silently hold fewer mazes than asked for)."""
-    parts, world = runtime.world * runtime.splits, runtime.world
+    world, splits = runtime.world, runtime.splits
 
-    def splits_evenly(batch: int, k: int) -> bool:
-        hotels = batch // (k * k)
-        return batch % world == 0 and hotels >= parts and hotels % parts == 0
+    def splits_evenly(batch: int, k: int) -> bool:  # each process takes batch // world mazes
+        own = batch // world // (k * k)  # this process's hotels, which its replicas split
+        return own * world == batch // (k * k) and own >= splits and own % splits == 0
 
     uneven = [k for k in args.train_grids if not splits_evenly(args.batch_size, k)]
     if uneven:
         fits = next(b for b in itertools.count(args.batch_size) if all(splits_evenly(b, k) for k in args.train_grids))
-        k, over = uneven[0], f"{world} processes" if world > 1 else f"{parts} GPUs"
-        raise TrainingError(f"--batch_size {args.batch_size} makes {args.batch_size // (k * k)} hotels of {k}x{k}, "
+        k, over = uneven[0], f"{world} processes" if world > 1 else f"{splits} GPUs"
+        hotels = args.batch_size // (k * k)
+        raise TrainingError(f"--batch_size {args.batch_size} makes {hotels} hotel{'s' * (hotels != 1)} of {k}x{k}, "
                             f"which do not split evenly over {over}; use a batch size that does for every "
                             f"--train_grids size, e.g. {fits}")
     return args.batch_size // world
@@ -364,16 +365,16 @@ class Trainer:
             path, checkpoint = Path(args.saved_model), load_checkpoint(args.saved_model)
             # Training on would interleave its checkpoints with these (and --saved_model auto would pick theirs).
             if path.resolve().parent != folder.resolve() and (held := self.checkpoints.held()):
-                raise TrainingError(f"{folder} already holds checkpoints of another run ({held[-1].name}); to "
-                                    f"train on from {path}, choose another --log_dir")
+                raise TrainingError(f"{folder} already holds checkpoints ({held[-1].name}): continue them with "
+                                    f"--saved_model auto, or choose another --log_dir to train on from {path}")
             if later := self.checkpoints.past(int(checkpoint.get("epoch", 0))):
                 raise TrainingError(f"{folder} holds checkpoints past the step of {path.name} "
                                     f"({', '.join(p.name for p in later)}); move them away to train on from it")
         load_model_state(self.model, checkpoint["model_state_dict"], path)
         self.step = int(checkpoint.get("epoch", 0))
         if "optimizer_state_dict" not in checkpoint:
-            say(f"warning: {path} holds only weights (original format): starting at step {self.step} with a "
-                 f"fresh optimizer")
+            why = checkpoint.get("upgraded", "holds only weights (original format)")
+            say(f"warning: {path} {why}: starting at step {self.step} with a fresh optimizer")
             return
         try:
             optimizer.load_adam_state(self.optimizer, checkpoint["optimizer_state_dict"])
@@ -401,6 +402,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "epoch": step,
+            "format": FORMAT,
             "model_state_dict": snapshot["model"],
             "optimizer_state_dict": snapshot["optimizer"],
             "scheduler_state_dict": {"step": step, "lr": self.lr(step), "lr_scale": self.lr_scale,
@@ -571,8 +573,8 @@ class Trainer:
         except OSError as error:
             raise TrainingError(f"cannot write the logs in {self.run_dir / 'runs'}: {error.strerror or error}") from None
         workers = default_workers(runtime) if args.workers == "auto" else args.workers
-        loader = step_loader(self.data, range(self.step, args.steps), workers,
-                             pin_memory=runtime.device.type == "cuda", worker_init_fn=_worker_init)
+        batches = iter(step_loader(self.data, range(self.step, args.steps), workers,
+                                   pin_memory=runtime.device.type == "cuda", worker_init_fn=_worker_init))
         if main:
             note(f"training {'GQN baseline' if args.baseline else 'GEN'} on {runtime.describe()}, steps "
                  f"{self.step}..{args.steps}, {workers} loader workers, logs in {self.run_dir}")
@@ -583,10 +585,14 @@ class Trainer:
                 self.evaluate(writer, train_batch=None)  # the untrained model: where the test curves start
             bar = tqdm(total=args.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True)
             try:
-                stopped = self.loop(loader, writer, bar, stop)
+                stopped = self.loop(batches, writer, bar, stop)
             finally:
                 bar.close()
                 writer.flush()
+                # Now, whatever ended the loop (an error too): the workers ignore SIGTERM (preemption is the
+                # main process's), so left to Python's exit they would keep it waiting forever.
+                if workers:
+                    batches._shutdown_workers()
         if stopped and self.step < args.steps:  # a stop at the last step ends the run like any other
             path = self.save() if self.saved_step != self.step else self.checkpoints.path(self.step)
             if main:
@@ -600,7 +606,7 @@ class Trainer:
         distributed.barrier(runtime)
         return 0
 
-    def loop(self, loader, writer, bar, stop) -> bool:
+    def loop(self, batches, writer, bar, stop) -> bool:
         """Train until --steps or a stop request (then True).
 
         Each step's outcome is read one step late: the host queues step t+1 while the device still runs
@@ -610,7 +616,7 @@ class Trainer:
         args, main = self.args, self.runtime.is_main
         queued = []
         last = fetch_start = time.perf_counter()
-        for batch in loader:
+        for batch in batches:
             data_wait = time.perf_counter() - fetch_start  # near time_per_step: the GPU starves, raise --workers
             record = self.train_step(batch, stop)
             self.step += 1

@@ -10,7 +10,7 @@ import torch
 
 import evaluate
 from models.scene import ModelConfig, SceneModel
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import FORMAT, save_checkpoint
 from tests.conftest import REPO_ROOT, SHARED, requires_shared
 from utils.hotel import HotelBatch, build_hotels, maze_cells
 
@@ -22,7 +22,7 @@ SAMPLES = REPO_ROOT / "data_samples" / "test"
 def tiny_checkpoint(path: Path, baseline: bool, seed: int = 0, context_views: int = 8) -> Path:
     torch.manual_seed(seed)
     model = SceneModel(ModelConfig(img_size=16, layers=2, baseline=baseline))
-    save_checkpoint({"epoch": 0, "model_state_dict": model.state_dict(),
+    save_checkpoint({"epoch": 0, "format": FORMAT, "model_state_dict": model.state_dict(),
                      "args": {"img_size": 16, "layers": 2, "baseline": baseline, "raw_poses": False,
                               "context_views": context_views, "seed": 0}}, path)
     return path

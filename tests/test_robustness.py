@@ -209,7 +209,7 @@ def test_training_on_from_a_checkpoint_that_is_not_the_newest_is_refused(scratch
     elsewhere = scratch / "pretrained.pt"
     save_checkpoint({"epoch": 9, "model_state_dict": {}}, elsewhere)
     line = main_error(tiny(scratch, "--saved_model", elsewhere, steps=12, data=SAMPLES), capsys)
-    assert "holds checkpoints of another run" in line and "another --log_dir" in line, line
+    assert "already holds checkpoints (checkpoint-final.pt): continue them with --saved_model auto" in line, line
     assert {p.name: p.read_bytes() for p in models.iterdir()} == before
 
 
@@ -266,10 +266,22 @@ def test_a_damaged_episode_is_replaced_by_one_its_hotel_does_not_hold_yet(tmp_pa
     for step in drawn:
         cameras = steps[step].query_poses[0, :, 2]  # each episode's cameras carry its own height
         assert len(set(cameras.tolist())) == 4, step
-    two_good = HotelSteps(tmp_path, img_size=16, batch_size=4, grids=[2], context_views=1, seed=0)
-    two_good.paths = two_good.paths[:4]  # a, b (damaged), c, d: no 2x2 hotel of distinct good mazes
-    with pytest.raises(EpisodeError, match="too few undamaged episodes"):
-        two_good[drawn[0]]
+    three_good = HotelSteps(tmp_path, img_size=16, batch_size=4, grids=[2], context_views=1, seed=0)
+    three_good.paths = three_good.paths[:4]  # a, b (damaged), c, d: a 2x2 hotel must repeat one, not fail
+    cameras = three_good[drawn[0]].query_poses[0, :, 2]
+    assert len(set(cameras.tolist())) == 3
+
+
+def test_a_run_whose_every_episode_is_damaged_stops_with_one_line_and_exits(scratch):
+    """With loader workers too: they ignore SIGTERM, so the run must shut them down itself or hang at exit."""
+    data = scratch / "data"
+    data.mkdir()
+    for i in range(4):
+        (data / f"{i}.pt").write_bytes(b"not an episode")
+    argv = tiny(scratch, "--workers", 1, data=data, test_data=SAMPLES.parent / "test")
+    run = subprocess.run([python(), SCRIPT, *argv], capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1].endswith(f"error: every episode in {data} is damaged")
 
 
 def test_ctrl_c_stops_like_sigterm_and_a_second_one_aborts(scratch, one_thread, monkeypatch, capsys):

@@ -106,6 +106,28 @@ def test_loads_an_original_format_checkpoint_and_continues_from_its_epoch(scratc
         assert (checkpoint["model_state_dict"][key] - value).abs().max() < 2e-3, key
 
 
+@pytest.mark.parametrize("baseline", [False, True])
+def test_a_checkpoint_of_the_earlier_r_order_is_reordered_on_load(scratch, baseline, capsys):
+    """Format 1 (this project before r took the original's order): GEN r was [state 256 | copies 56], the
+    baseline's [centre 2 | sum 254 | copies 224]; loading reorders upsample_r's input rows to today's r."""
+    from utils.checkpoint import model_from_checkpoint
+    torch.manual_seed(0)
+    weights = SceneModel(ModelConfig(img_size=16, layers=2, baseline=baseline)).state_dict()
+    old = dict(weights)
+    for key in ("inference_core.upsample_r.weight", "generation_core.upsample_r.weight"):
+        w = weights[key]  # today's rows: GEN [copies | state], baseline [x, y | copies | sum]
+        old[key] = torch.cat([w[:2], w[226:], w[2:226]] if baseline else [w[56:], w[:56]])
+    args = {"img_size": 16, "layers": 2, "baseline": baseline, "context_views": 2}
+    path = scratch / "format1.pt"
+    torch.save({"epoch": 3, "model_state_dict": old, "optimizer_state_dict": {}, "args": args}, path)
+    with pytest.warns(UserWarning, match="reordered"):
+        model, checkpoint = model_from_checkpoint(path)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    assert checkpoint["format"] == 2 and "optimizer_state_dict" not in checkpoint
+    line = "the first two inputs, once the hotel centre" in checkpoint["upgraded"]
+    assert line == baseline
+
+
 @requires_shared
 def test_amp_trains_in_bf16_autocast_and_keeps_float32_weights(scratch, one_thread):
     assert train.main(tiny(scratch, "--amp", steps=2)) == 0
@@ -221,10 +243,12 @@ def test_batches_must_split_over_gpus_and_processes():
     two_ranks = distributed.Runtime(torch.device("cpu"), rank=1, world=2, distributed=True)
     assert train.check_batch(args, two_ranks) == 4
     for batch, message in (("9", "9 hotels of 1x1, which do not split evenly over 2 processes.*e.g. 10"),
-                           ("6", "1 hotels of 2x2.*e.g. 8"),
+                           ("6", "1 hotel of 2x2.*e.g. 8"),
                            ("36", "9 hotels of 2x2.*e.g. 40")):  # 2 x 4 hotels would be 32 mazes, not 36
         with pytest.raises(train.TrainingError, match=message):
             train.check_batch(train.parse_args(["--batch_size", batch]), two_ranks)
+    # 2 hotels of 2x2 split over 2 processes although 9 does not: each takes 4 mazes, 8 in all, as in one process.
+    assert train.check_batch(train.parse_args(["--batch_size", "9", "--train_grids", "2"]), two_ranks) == 4
     # What every step holds over all ranks is what --batch_size asks for (less only where k^2 does not divide it).
     for batch in (8, 16, 40):
         per_rank = train.check_batch(train.parse_args(["--batch_size", str(batch)]), two_ranks)

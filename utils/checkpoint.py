@@ -1,11 +1,12 @@
 """Checkpoints: written atomically, read without executing code, understood in the original's format.
 
 A checkpoint is a dict of plain types (loads with ``torch.load(..., weights_only=True)``):
-``epoch`` (the step, as the original named it), ``model_state_dict`` (unwrapped: no ``module.`` or
-compile prefixes), ``optimizer_state_dict``, ``scheduler_state_dict``, ``sigma``, ``args``
+``epoch`` (the step, as the original named it), ``format`` (``FORMAT``), ``model_state_dict`` (unwrapped:
+no ``module.`` or compile prefixes), ``optimizer_state_dict``, ``scheduler_state_dict``, ``sigma``, ``args``
 (``vars()`` of the training command line) and RNG states. Checkpoints of the original
 implementation hold only ``epoch`` and ``model_state_dict`` (keys possibly prefixed ``module.``).
 """
+import warnings
 from pathlib import Path
 
 import torch
@@ -52,7 +53,33 @@ def load_checkpoint(path) -> dict:
                                                 for k, v in weights.items()):
         raise CheckpointError(f"{path} is not a checkpoint: its model_state_dict is not a dict of named tensors")
     payload["model_state_dict"] = clean_state_dict(payload["model_state_dict"])
+    if "args" in payload and payload.get("format", 1) < FORMAT:
+        _reorder_r(payload)
     return payload
+
+
+# 2: r in the original implementation's channel order. This project's checkpoints written before it (format 1:
+# they have saved args but no format) fed upsample_r r as [read state | pose copies] (GEN) or [hotel centre |
+# sum | pose copies] (baseline). Original-implementation checkpoints (no args) are in the original order.
+FORMAT = 2
+_R_WEIGHTS = ("inference_core.upsample_r.weight", "generation_core.upsample_r.weight")
+
+
+def _reorder_r(payload: dict) -> None:
+    """Reorder a format-1 checkpoint's upsample_r input rows to format 2's r, and drop its optimizer state
+    (Adam's moments follow the old order). Exact for GEN; the baseline's first two inputs were the hotel
+    centre and are now the query's x, y. ``payload["upgraded"]`` says so."""
+    baseline = bool(payload["args"].get("baseline", False))
+    weights = payload["model_state_dict"]
+    for key in _R_WEIGHTS:
+        if key in weights:
+            w = weights[key]
+            weights[key] = torch.cat([w[:2], w[256:], w[2:256]] if baseline else [w[256:], w[:256]])
+    payload.pop("optimizer_state_dict", None)
+    payload["format"] = FORMAT
+    payload["upgraded"] = ("written before r took the original's channel order: its upsample_r weights were "
+                           "reordered" + (" (the first two inputs, once the hotel centre, are now the query's "
+                                          "x, y)" if baseline else "") + " and its optimizer state dropped")
 
 
 def load_model_state(model: SceneModel, state_dict: dict, path="checkpoint") -> None:
@@ -79,4 +106,6 @@ def model_from_checkpoint(path, device="cpu"):
                               f"resume it with train_scene_rendering.py --saved_model instead")
     model = SceneModel(ModelConfig.from_args(checkpoint["args"]))
     load_model_state(model, checkpoint["model_state_dict"], path)
+    if "upgraded" in checkpoint:
+        warnings.warn(f"{path}: {checkpoint['upgraded']}")
     return model.to(device).eval(), checkpoint

@@ -168,10 +168,10 @@ class HotelSteps(torch.utils.data.Dataset):
             # A file is tried again every time it is drawn, even if it failed before: a partly damaged
             # one fails only for some views, and what a step sees must not depend on the steps this
             # worker built before it. self.bad only keeps a file from being reported twice.
-            for offset in range(len(self.paths)):
-                candidate = (index + offset) % len(self.paths)
-                if offset and candidate in taken:
-                    continue  # the hotel holds it already: its mazes stay distinct
+            # Another episode than the hotel's own where there is one; a repeat only if no other is readable
+            # (a folder of exactly k^2 episodes, one damaged).
+            others = [(index + offset) % len(self.paths) for offset in range(1, len(self.paths))]
+            for candidate in [index] + [c for c in others if c not in taken] + [c for c in others if c in taken]:
                 path = self.paths[candidate]
                 try:
                     found = episode_views(load_episode(path), fractions, self.img_size)
@@ -183,8 +183,7 @@ class HotelSteps(torch.utils.data.Dataset):
                     continue
                 taken.add(candidate)
                 return found
-            raise EpisodeError(f"too few undamaged episodes in {self.paths[0].parent} for a hotel of "
-                               f"{len(taken)} distinct mazes")
+            raise EpisodeError(f"every episode in {self.paths[0].parent} is damaged")
 
         batch = build_hotels(self.plan(step), views, self.raw_poses)
         return batch._replace(bad_files=tuple(newly_bad))
@@ -192,7 +191,9 @@ class HotelSteps(torch.utils.data.Dataset):
 
 def step_loader(steps: HotelSteps, indices: Sequence[int], workers: int, pin_memory: bool, worker_init_fn=None):
     """The training loader: item ``i`` is step ``indices[i]``'s whole batch, built ``workers`` processes
-    ahead (kept alive across the run) and, for a GPU, in pinned memory so the copy can overlap compute."""
+    ahead and, for a GPU, in pinned memory so the copy can overlap compute.
+
+    A run iterates it once, so its workers live for the whole run anyway: persistent workers would change
+    nothing."""
     return torch.utils.data.DataLoader(steps, batch_size=None, sampler=indices, num_workers=workers,
-                                       pin_memory=pin_memory, persistent_workers=workers > 0,
-                                       worker_init_fn=worker_init_fn if workers else None)
+                                       pin_memory=pin_memory, worker_init_fn=worker_init_fn)
