@@ -1,7 +1,7 @@
 """Training-loader benchmark: batches the training DataLoader delivers per second with ``--workers N``.
 
 It builds exactly what ``train_scene_rendering.py`` iterates (``HotelSteps`` through ``step_loader``:
-one whole k x k hotel batch per step, ``--workers`` persistent processes, pinned memory with
+one whole k x k hotel batch per step, ``--workers`` processes, pinned memory with
 ``--pin_memory``) and times the steady state: the first ``--warmup`` batches (worker start-up, first
 file reads) are not counted. Compare ``samples_per_s`` with ``bench_step.py``'s ``samples_per_s`` at
 the same batch size: the loader keeps the GPU fed when it is the larger.
