@@ -172,7 +172,8 @@ def check_batch(args, runtime: distributed.Runtime) -> int:
         k, over = uneven[0], f"{world} processes" if world > 1 else f"{splits} GPUs"
         hotels = args.batch_size // (k * k)
         raise TrainingError(f"--batch_size {args.batch_size} makes {hotels} hotel{'s' * (hotels != 1)} of {k}x{k}, "
-                            f"which do not split evenly over {over}; use a batch size that does for every "
+                            f"which {'does' if hotels == 1 else 'do'} not split evenly over {over}; use a batch "
+                            f"size that does for every "
                             f"--train_grids size, e.g. {fits}")
     return args.batch_size // world
 
@@ -375,11 +376,11 @@ class Trainer:
         if "optimizer_state_dict" not in checkpoint:
             why = checkpoint.get("upgraded", "holds only weights (original format)")
             say(f"warning: {path} {why}: starting at step {self.step} with a fresh optimizer")
-            return
-        try:
-            optimizer.load_adam_state(self.optimizer, checkpoint["optimizer_state_dict"])
-        except (ValueError, KeyError) as error:
-            raise CheckpointError(f"{path}: optimizer state does not fit this model ({error})") from None
+        else:
+            try:
+                optimizer.load_adam_state(self.optimizer, checkpoint["optimizer_state_dict"])
+            except (ValueError, KeyError) as error:
+                raise CheckpointError(f"{path}: optimizer state does not fit this model ({error})") from None
         schedule = checkpoint.get("scheduler_state_dict", {})
         self.lr_scale = float(schedule.get("lr_scale", 1.0))
         self.skipped_steps = int(schedule.get("skipped_steps", 0))
@@ -573,8 +574,6 @@ class Trainer:
         except OSError as error:
             raise TrainingError(f"cannot write the logs in {self.run_dir / 'runs'}: {error.strerror or error}") from None
         workers = default_workers(runtime) if args.workers == "auto" else args.workers
-        batches = iter(step_loader(self.data, range(self.step, args.steps), workers,
-                                   pin_memory=runtime.device.type == "cuda", worker_init_fn=_worker_init))
         if main:
             note(f"training {'GQN baseline' if args.baseline else 'GEN'} on {runtime.describe()}, steps "
                  f"{self.step}..{args.steps}, {workers} loader workers, logs in {self.run_dir}")
@@ -584,13 +583,15 @@ class Trainer:
             if main and self.step == 0:
                 self.evaluate(writer, train_batch=None)  # the untrained model: where the test curves start
             bar = tqdm(total=args.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True)
+            batches = iter(step_loader(self.data, range(self.step, args.steps), workers,
+                                       pin_memory=runtime.device.type == "cuda", worker_init_fn=_worker_init))
             try:
                 stopped = self.loop(batches, writer, bar, stop)
             finally:
                 bar.close()
                 writer.flush()
-                # Now, whatever ended the loop (an error too): the workers ignore SIGTERM (preemption is the
-                # main process's), so left to Python's exit they would keep it waiting forever.
+                # Now, whatever ended the loop (an error, a second Ctrl-C): the workers ignore SIGTERM
+                # (preemption is the main process's), so left to Python's exit they would keep it waiting.
                 if workers:
                     batches._shutdown_workers()
         if stopped and self.step < args.steps:  # a stop at the last step ends the run like any other

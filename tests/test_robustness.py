@@ -307,3 +307,14 @@ def test_a_gpu_that_does_not_exist_is_one_line(scratch, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     line = main_error(tiny(scratch, "--device_ids", 0, 3, data=SAMPLES), capsys)
     assert "names GPU 3 but only 2 GPU(s) are visible" in line
+
+
+def test_an_error_in_the_first_evaluation_exits_without_waiting_for_loader_workers(scratch):
+    code = ("import sys, train_scene_rendering as t\n"
+            "def boom(*args, **kwargs): raise RuntimeError('boom')\n"
+            "t.Trainer.evaluate = boom\n"
+            "sys.exit(t.main(sys.argv[1:]))")
+    argv = tiny(scratch, "--workers", 1, data=SAMPLES, test_data=SAMPLES.parent / "test")
+    run = subprocess.run([python(), "-c", code, *argv], capture_output=True, text=True, env=subprocess_env(),
+                         timeout=120)
+    assert run.returncode == 1 and "RuntimeError: boom" in run.stderr

@@ -126,6 +126,15 @@ def test_a_checkpoint_of_the_earlier_r_order_is_reordered_on_load(scratch, basel
     assert checkpoint["format"] == 2 and "optimizer_state_dict" not in checkpoint
     line = "the first two inputs, once the hotel centre" in checkpoint["upgraded"]
     assert line == baseline
+    if not baseline:  # training on keeps the schedule's state; only Adam's moments (in the old order) go
+        torch.save({"epoch": 3, "model_state_dict": old, "optimizer_state_dict": {}, "args": args,
+                    "scheduler_state_dict": {"lr_scale": 0.25, "skipped_steps": 5, "bad_files": []}}, path)
+        assert train.main(tiny(scratch, "--saved_model", path, steps=4, data=REPO_ROOT / "data_samples" / "train")) == 0
+        assert "reordered and its optimizer state dropped: starting at step 3 with a fresh optimizer" in \
+            capsys.readouterr().err
+        final = load(scratch / "run" / "models" / "checkpoint-final.pt")
+        assert final["format"] == 2 and final["scheduler_state_dict"]["lr_scale"] == 0.25
+        assert final["scheduler_state_dict"]["skipped_steps"] == 5
 
 
 @requires_shared
@@ -188,6 +197,8 @@ def test_bad_data_and_checkpoint_paths_exit_with_one_line(scratch, capsys):
     listed, odd = scratch / "listed.pt", scratch / "odd.pt"  # loadable, but no named tensors to load
     torch.save({"epoch": 1, "model_state_dict": [1, 2]}, listed)
     torch.save({"epoch": 1, "model_state_dict": {"w": 0.5}}, odd)
+    argless = scratch / "argless.pt"
+    torch.save({"epoch": 1, "model_state_dict": {"w": torch.zeros(1)}, "args": None}, argless)
     (scratch / "taken").write_text("a file where the logs would go")
     cases = [
         (tiny(scratch, data=scratch / "nowhere"), "--train_data_dir"),
@@ -197,6 +208,7 @@ def test_bad_data_and_checkpoint_paths_exit_with_one_line(scratch, capsys):
         (tiny(scratch, "--saved_model", garbage), "garbage.pt"),
         (tiny(scratch, "--saved_model", listed), "not a dict of named tensors"),
         (tiny(scratch, "--saved_model", odd), "not a dict of named tensors"),
+        (tiny(scratch, "--saved_model", argless), "its args are not a dict"),
         (tiny(scratch / "taken"), "taken"),
     ]
     for argv, needle in cases:

@@ -53,6 +53,8 @@ def load_checkpoint(path) -> dict:
                                                 for k, v in weights.items()):
         raise CheckpointError(f"{path} is not a checkpoint: its model_state_dict is not a dict of named tensors")
     payload["model_state_dict"] = clean_state_dict(payload["model_state_dict"])
+    if not isinstance(payload.get("args", {}), dict):
+        raise CheckpointError(f"{path} is not a checkpoint: its args are not a dict")
     if "args" in payload and payload.get("format", 1) < FORMAT:
         _reorder_r(payload)
     return payload

@@ -12,6 +12,7 @@ What a step sees is a pure function of ``(seed, step, rank)`` (``plan_step``), s
 sees exactly the batches the uninterrupted run would have.
 """
 import hashlib
+import itertools
 import warnings
 from typing import NamedTuple, Sequence
 
@@ -170,8 +171,10 @@ class HotelSteps(torch.utils.data.Dataset):
             # worker built before it. self.bad only keeps a file from being reported twice.
             # Another episode than the hotel's own where there is one; a repeat only if no other is readable
             # (a folder of exactly k^2 episodes, one damaged).
-            others = [(index + offset) % len(self.paths) for offset in range(1, len(self.paths))]
-            for candidate in [index] + [c for c in others if c not in taken] + [c for c in others if c in taken]:
+            n = len(self.paths)
+            others = lambda: ((index + offset) % n for offset in range(1, n))  # noqa: E731 - lazy: n may be 10^6
+            for candidate in itertools.chain([index], (c for c in others() if c not in taken),
+                                             (c for c in others() if c in taken)):
                 path = self.paths[candidate]
                 try:
                     found = episode_views(load_episode(path), fractions, self.img_size)
