@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_step import Stepper, bf16_peak_tflops, sync, synthetic_batch  # noqa: E402
+from bench.bench_step import Stepper, add_model_args, bf16_peak_tflops, sync, synthetic_batch  # noqa: E402
 from models.scene import ModelConfig, SceneModel  # noqa: E402
 
 CONVOLUTIONS = (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default)
@@ -198,13 +198,7 @@ def describe(func, args: tuple) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch_size", type=int, default=36, help="mazes per step (one query each)")
-    p.add_argument("--layers", type=int, default=12, help="DRAW layers L")
-    p.add_argument("--img_size", type=int, default=64, choices=(16, 32, 64))
-    p.add_argument("--grid", type=int, default=1, help="k for k x k hotels")
-    p.add_argument("--baseline", action="store_true", help="GQN summed composer instead of the GEN")
-    p.add_argument("--context_views", type=int, default=8, help="context views per maze")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    add_model_args(p, batch_size=36, layers=12, device="cuda")
     p.add_argument("--amp", action="store_true", help="bf16 autocast, as training with --amp")
     p.add_argument("--channels_last", action="store_true", help="weights channels-last, as training on a GPU")
     p.add_argument("--cudnn_benchmark", action="store_true", help="torch.backends.cudnn.benchmark")

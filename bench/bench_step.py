@@ -142,15 +142,20 @@ def profile_table(stepper: Stepper, rows: int) -> str:
     return prof.key_averages().table(sort_by=sort, row_limit=rows)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch_size", type=int, default=4, help="mazes per step (one query each)")
-    p.add_argument("--layers", type=int, default=8, help="DRAW layers L")
+def add_model_args(p: argparse.ArgumentParser, batch_size: int, layers: int, device: str) -> None:
+    """The model, batch and device flags (this benchmark's and bench_ops.py's), with these defaults."""
+    p.add_argument("--batch_size", type=int, default=batch_size, help="mazes per step (one query each)")
+    p.add_argument("--layers", type=int, default=layers, help="DRAW layers L")
     p.add_argument("--img_size", type=int, default=64, choices=(16, 32, 64))
     p.add_argument("--grid", type=int, default=1, help="k for k x k hotels")
     p.add_argument("--baseline", action="store_true", help="GQN summed composer instead of the GEN")
     p.add_argument("--context_views", type=int, default=8, help="context views per maze")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=device)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p, batch_size=4, layers=8, device="cpu")
     p.add_argument("--steps", type=int, default=5, help="timed steps per model")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per model (default 1, 3 with --compile)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (both models)")

@@ -222,17 +222,18 @@ def test_rotation_never_deletes_the_checkpoint_just_written_nor_a_later_one(scra
     assert [s for s, _ in directory.numbered()] == [5, 8]
 
 
-def sigterm_at(step):
+def signal_at(step, signum=signal.SIGTERM):
+    """A _loss_hook that sends this process ``signum`` during step ``step`` (0-based)."""
     def hook(at, loss):
         if at == step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return loss
     return hook
 
 
 def test_a_stop_during_the_last_step_still_ends_with_the_final_checkpoint(scratch, one_thread, monkeypatch,
                                                                            capsys):
-    monkeypatch.setattr(train, "_loss_hook", sigterm_at(1))  # the second and last step
+    monkeypatch.setattr(train, "_loss_hook", signal_at(1))  # the second and last step
     assert train.main(tiny(scratch, steps=2, data=SAMPLES)) == 0
     assert "done: step 2" in capsys.readouterr().err
     models = scratch / "run" / "models"
@@ -241,7 +242,7 @@ def test_a_stop_during_the_last_step_still_ends_with_the_final_checkpoint(scratc
 
 
 def test_a_resumed_run_keeps_the_logs_of_its_checkpoint_step(scratch, one_thread, monkeypatch, capsys):
-    monkeypatch.setattr(train, "_loss_hook", sigterm_at(1))
+    monkeypatch.setattr(train, "_loss_hook", signal_at(1))
     assert train.main(tiny(scratch, steps=5, data=SAMPLES)) == 0
     stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", capsys.readouterr().err).group(1))
     assert 2 <= stopped < 5
@@ -285,14 +286,7 @@ def test_a_run_whose_every_episode_is_damaged_stops_with_one_line_and_exits(scra
 
 
 def test_ctrl_c_stops_like_sigterm_and_a_second_one_aborts(scratch, one_thread, monkeypatch, capsys):
-    def ctrl_c_at(step):
-        def hook(at, loss):
-            if at == step:
-                os.kill(os.getpid(), signal.SIGINT)
-            return loss
-        return hook
-
-    monkeypatch.setattr(train, "_loss_hook", ctrl_c_at(0))
+    monkeypatch.setattr(train, "_loss_hook", signal_at(0, signal.SIGINT))
     assert train.main(tiny(scratch, steps=4, data=SAMPLES)) == 0
     assert re.search(r"stopped by SIGINT at step [12]; saved", capsys.readouterr().err)
     with train.StopRequest() as stop:
