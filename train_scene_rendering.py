@@ -30,7 +30,7 @@ from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_mode
 from utils.checkpoint_dir import CheckpointDir
 from utils.command import number
 from utils.dataset import EpisodeError, list_episodes
-from utils.hotel import MAX_SEED, WORLD_MAZES, HotelSteps, step_key, step_loader
+from utils.hotel import MAX_SEED, WORLD_MAZES, HotelSteps, extent_warning, step_key, step_loader
 
 PROG = "train_scene_rendering.py"
 AUTO = "auto"
@@ -313,6 +313,8 @@ class Trainer:
         count_episodes(args.test_data_dir, args.test_grids, "--test_data_dir")
         self.data = HotelSteps(args.train_data_dir, args.img_size, batch_size, args.train_grids, args.context_views,
                                args.seed, rank=runtime.rank, raw_poses=args.raw_poses)
+        if runtime.is_main and not args.raw_poses and (warning := extent_warning(self.data.paths)):
+            note(f"warning: {warning}")
         self.test_batches = None  # built at the first evaluation, then the same every time
 
         torch.manual_seed(args.seed)

@@ -312,3 +312,19 @@ def test_an_error_in_the_first_evaluation_exits_without_waiting_for_loader_worke
     run = subprocess.run([python(), "-c", code, *argv], capture_output=True, text=True, env=subprocess_env(),
                          timeout=120)
     assert run.returncode == 1 and "RuntimeError: boom" in run.stderr
+
+
+def test_episodes_whose_cameras_leave_the_maze_extent_are_warned_about(scratch, one_thread, capsys):
+    """Cameras at another scale would be stretched into neighbouring mazes' cells: say so at the start."""
+    from utils.dataset import load_episode, save_episode
+    data = scratch / "scaled"
+    data.mkdir()
+    for path in sorted(SAMPLES.glob("*.pt"))[:4]:
+        episode = load_episode(path)
+        cameras = episode.cameras.copy()
+        cameras[:, :2] *= 3  # x, y now reach about +-1
+        save_episode(data / path.name, episode.frames, cameras)
+    assert train.main(tiny(scratch, steps=1, data=data, test_data=SAMPLES)) == 0
+    assert "outside the maze extent [-0.4, 0.3]" in capsys.readouterr().err
+    assert train.main(tiny(scratch / "fits", steps=1, data=SAMPLES, test_data=SAMPLES)) == 0
+    assert "outside the maze extent" not in capsys.readouterr().err

@@ -25,6 +25,24 @@ POSE_EXTENT = (-0.4, 0.3)
 WORLD_MAZES = 5  # the world holds 5 x 5 mazes (10 x 10 units, as in the original)
 
 
+def extent_warning(paths, probe: int = 3):
+    """A warning when the first readable of ``paths`` has cameras outside ``POSE_EXTENT`` (beyond a tenth of
+    a maze square): such poses would be stretched into a neighbouring maze's cell. None when they fit (the
+    real and the built-in episodes do), or when none of the first ``probe`` files can be read."""
+    for path in paths[:probe]:
+        try:
+            xy = load_episode(path).cameras[:, :2]
+        except EpisodeError:
+            continue
+        low, high = float(xy.min()), float(xy.max())
+        if low < POSE_EXTENT[0] - 0.01 or high > POSE_EXTENT[1] + 0.01:
+            return (f"{path}: camera x, y span [{low:.3g}, {high:.3g}], outside the maze extent {list(POSE_EXTENT)} "
+                    f"that is stretched onto a maze's cell, so views would land in other mazes' cells; rescale "
+                    f"the data, or use --raw_poses")
+        return None
+    return None
+
+
 def maze_to_world(xy: torch.Tensor, maze_ij: torch.Tensor, origin: torch.Tensor, raw: bool = False) -> torch.Tensor:
     """Camera x, y (..., 2) inside maze ``maze_ij`` (..., 2) of a hotel at ``origin`` (..., 2) -> world x, y."""
     cell_corner = origin + CELL * maze_ij
