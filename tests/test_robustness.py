@@ -223,10 +223,12 @@ def test_rotation_never_deletes_the_checkpoint_just_written_nor_a_later_one(scra
 
 
 def signal_at(step, signum=signal.SIGTERM):
-    """A _loss_hook that sends this process ``signum`` during step ``step`` (0-based)."""
+    """A _loss_hook that raises ``signum`` in this thread during step ``step`` (0-based). raise_signal, not
+    os.kill: the process's other threads (torch's, tqdm's) could take a killed process's signal, and Python
+    would run the handler later."""
     def hook(at, loss):
         if at == step:
-            os.kill(os.getpid(), signum)
+            signal.raise_signal(signum)
         return loss
     return hook
 
@@ -290,10 +292,10 @@ def test_ctrl_c_stops_like_sigterm_and_a_second_one_aborts(scratch, one_thread, 
     assert train.main(tiny(scratch, steps=4, data=SAMPLES)) == 0
     assert re.search(r"stopped by SIGINT at step [12]; saved", capsys.readouterr().err)
     with train.StopRequest() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
         assert stop.requested
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
 
 
 def test_a_gpu_that_does_not_exist_is_one_line(scratch, monkeypatch, capsys):
