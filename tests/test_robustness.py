@@ -330,3 +330,17 @@ def test_episodes_whose_cameras_leave_the_maze_extent_are_warned_about(scratch, 
     assert "outside the maze extent [-0.4, 0.3]" in capsys.readouterr().err
     assert train.main(tiny(scratch / "fits", steps=1, data=SAMPLES, test_data=SAMPLES)) == 0
     assert "outside the maze extent" not in capsys.readouterr().err
+
+
+def test_a_run_resumed_within_the_same_second_keeps_the_last_runs_events(tmp_path, monkeypatch):
+    """tensorboardX names event files by the second; a second writer of that name used to truncate the first."""
+    import time
+    from utils.summaries import open_writer
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)  # both writers open in the same second
+    first = open_writer(tmp_path)
+    first.add_scalar("train/loss", 1.0, 1)
+    first.close()
+    resumed = open_writer(tmp_path, purge_step=2)
+    resumed.add_scalar("train/loss", 2.0, 2)
+    resumed.close()
+    assert read_events(tmp_path)[0]["train/loss"] == [(1, 1.0), (2, 2.0)]

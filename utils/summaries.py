@@ -2,6 +2,7 @@
 reading event files back (for tests and for plotting curves without installing tensorboard).
 """
 import struct
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,7 +26,9 @@ def open_writer(directory, enabled: bool = True, purge_step=None):
         return NullWriter()
     from tensorboardX import SummaryWriter
 
-    return SummaryWriter(logdir=str(directory), purge_step=purge_step)
+    # tensorboardX names a file by the second it opened and truncates a file of that name: a run resumed within
+    # the same second would erase the last one's events. The suffix keeps names apart, in the order made.
+    return SummaryWriter(logdir=str(directory), purge_step=purge_step, filename_suffix=f".{time.time_ns()}")
 
 
 def image_rows(truth: torch.Tensor, reconstruction: torch.Tensor, generation: torch.Tensor,
