@@ -453,13 +453,16 @@ def _read_ours(raw: bytes, path: str):
         raise EpisodeError(f"{path}: corrupt episode file (a tensor does not fill its storage)")
     if blob.dtype != torch.uint8 or blob.dim() != 1 or offsets.dtype != torch.int64 or offsets.dim() != 1:
         raise EpisodeError(f"{path}: frames must be 1-D uint8 and frame_offsets 1-D int64")
-    n = max(len(offsets) - 1, 0)
-    if cameras.shape != (n, len(CAMERA_FIELDS)):
-        raise EpisodeError(f"{path}: cameras have shape {tuple(cameras.shape)}, expected ({n}, 5) for {n} frames")
+    _check_camera_count(cameras, max(len(offsets) - 1, 0), path)
     offs = offsets.tolist()
     if not offs or offs[0] != 0 or offs[-1] != blob.numel() or any(a > b for a, b in zip(offs, offs[1:])):
         raise EpisodeError(f"{path}: frame_offsets do not split the frame bytes (corrupt file)")
     return _LazyFrames(blob.numpy(), list(zip(offs, offs[1:])), path, text=False), cameras.numpy()
+
+
+def _check_camera_count(cameras, n: int, path: str) -> None:
+    if tuple(cameras.shape) != (n, len(CAMERA_FIELDS)):
+        raise EpisodeError(f"{path}: cameras have shape {tuple(cameras.shape)}, expected ({n}, 5) for {n} frames")
 
 
 def _validated(frames, cameras, path: str) -> Episode:
@@ -477,11 +480,9 @@ def _validated(frames, cameras, path: str) -> Episode:
         raise EpisodeError(f"{path}: frame {bad} is not a JPEG (no FFD8 start-of-image marker)")
     if not isinstance(cameras, np.ndarray) or cameras.dtype.kind not in "fiu":
         raise EpisodeError(f"{path}: cameras must be a numeric array")
-    n = len(frames)
     if cameras.ndim == 3 and cameras.shape[0] == 1:  # legacy files keep a leading batch axis
         cameras = cameras[0]
-    if cameras.shape != (n, len(CAMERA_FIELDS)):
-        raise EpisodeError(f"{path}: cameras have shape {tuple(cameras.shape)}, expected ({n}, 5) for {n} frames")
+    _check_camera_count(cameras, len(frames), path)
     cameras = np.ascontiguousarray(cameras, dtype=np.float32)
     if not np.isfinite(cameras).all():
         raise EpisodeError(f"{path}: cameras hold non-finite values")

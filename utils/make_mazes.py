@@ -643,16 +643,16 @@ def check_no_episodes(out: str) -> None:
     """Refuse split folders that already hold episodes: this run's would mix with them (an earlier run's
     higher-numbered mazes stay behind, another seed's are overwritten by number), and a user's episodes
     would be lost."""
-    from utils.dataset import EPISODE_SUFFIXES
+    from utils.dataset import EpisodeError, list_episodes
 
     for split in SPLITS:
         folder = os.path.join(out, split)
-        if not os.path.isdir(folder):
+        try:
+            old = list_episodes(folder)
+        except EpisodeError:  # no such folder, or no episode in it
             continue
-        old = sorted(n for n in os.listdir(folder) if n.endswith(EPISODE_SUFFIXES) and not n.startswith("."))
-        if old:
-            raise MazeError(f"{folder} already holds {len(old)} episode file(s), e.g. {old[0]}; remove them or "
-                            "choose another --out, so that two runs' episodes never mix")
+        raise MazeError(f"{folder} already holds {len(old)} episode file(s), e.g. {old[0].name}; remove them or "
+                        "choose another --out, so that two runs' episodes never mix")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
