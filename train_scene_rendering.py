@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch_size", type=positive, default=36,
                        help="mazes (= query images) per step over all devices/processes; a k x k step "
                             "uses batch_size // k^2 hotels")
-    train.add_argument("--seed", type=number(int, 0, low_ok=True, high=MAX_SEED), default=0, help="seeds the model, every batch and the DRAW noise")
+    train.add_argument("--seed", type=number(int, 0, low_ok=True, high=MAX_SEED), default=0,
+                       help="seeds the model, every batch and the DRAW noise")
     train.add_argument("--lr", type=rate, default=schedules.LR, help="initial Adam learning rate")
     train.add_argument("--lr_final", type=rate, default=schedules.LR_FINAL, help="learning rate after --lr_steps")
     train.add_argument("--lr_steps", type=positive, default=schedules.LR_STEPS, help="learning-rate annealing steps")
