@@ -16,7 +16,7 @@ from tests.conftest import REPO_ROOT, requires_shared
 from tests.train_support import (SCRIPT, link_episodes, main_error, one_thread, python, scratch,  # noqa: F401
                                  subprocess_env, tiny)
 from utils import schedules
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import CheckpointError, checkpoint_step, save_checkpoint
 from utils.checkpoint_dir import CheckpointDir
 from utils.dataset import EpisodeError, list_episodes
 from utils.hotel import plan_step
@@ -84,6 +84,18 @@ def test_auto_picks_the_newest_readable_checkpoint_and_keeps_the_last_n(scratch)
     directory.final.write_bytes(b"")
     assert directory.newest()[1]["epoch"] == 6 and directory.newest()[0] == directory.path(6)
 
+
+
+def test_a_checkpoints_step_is_read_from_either_torch_format(scratch):
+    # past() reads the final checkpoint's step memory-mapped; the original implementation's files
+    # (torch before 1.6) cannot be mapped and must still be read.
+    weights = {"w": torch.zeros(3)}
+    torch.save({"epoch": 7, "model_state_dict": weights}, scratch / "zip.pt")
+    torch.save({"epoch": 9, "model_state_dict": weights}, scratch / "old.pt", _use_new_zipfile_serialization=False)
+    assert checkpoint_step(scratch / "zip.pt") == 7 and checkpoint_step(scratch / "old.pt") == 9
+    (scratch / "cut.pt").write_bytes((scratch / "zip.pt").read_bytes()[:300])
+    with pytest.raises(CheckpointError, match="cut.pt"):
+        checkpoint_step(scratch / "cut.pt")
 
 @requires_shared
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(scratch, one_thread, monkeypatch, capsys):

@@ -35,6 +35,16 @@ def save_checkpoint(payload: dict, path) -> None:
                                    f"the previous checkpoints are intact") from error
 
 
+def checkpoint_step(path) -> int:
+    """The step (``epoch``) a checkpoint file holds. Memory-mapped, so its tensors are not read (a
+    paper-size run's checkpoint is hundreds of MB); files of torch's pre-1.6 format cannot be mapped and
+    are loaded whole. ``CheckpointError`` if unreadable."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
+    except Exception:  # noqa: BLE001 - not a zip checkpoint, or not a checkpoint: load_checkpoint says which
+        return int(load_checkpoint(path).get("epoch", 0))
+
+
 def load_checkpoint(path) -> dict:
     """Read a checkpoint dict safely; ``CheckpointError`` naming the file if it is not one."""
     path = Path(path)

@@ -6,7 +6,7 @@ import re
 import warnings
 from pathlib import Path
 
-from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from utils.checkpoint import CheckpointError, checkpoint_step, load_checkpoint, save_checkpoint
 
 NUMBERED = re.compile(r"checkpoint-(\d+)\.pt")
 FINAL = "checkpoint-final.pt"
@@ -57,7 +57,7 @@ class CheckpointDir:
         later = [p for s, p in self.numbered() if s > step]
         if self.final.is_file():
             try:
-                if int(load_checkpoint(self.final).get("epoch", 0)) > step:
+                if checkpoint_step(self.final) > step:
                     later.append(self.final)
             except CheckpointError:
                 pass
