@@ -6,6 +6,7 @@ no ``module.`` or compile prefixes), ``optimizer_state_dict``, ``scheduler_state
 (``vars()`` of the training command line) and RNG states. Checkpoints of the original
 implementation hold only ``epoch`` and ``model_state_dict`` (keys possibly prefixed ``module.``).
 """
+import errno
 import warnings
 from pathlib import Path
 
@@ -29,7 +30,10 @@ def save_checkpoint(payload: dict, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(path) as temp:
-            torch.save(payload, temp)
+            try:
+                torch.save(payload, temp)
+            except RuntimeError as error:  # torch's zip writer reports a failed write (a full disk) this way
+                raise OSError(errno.EIO, f"write failed: {str(error).splitlines()[0]}; is the disk full?") from error
     except OSError as error:
         raise OSError(error.errno, f"could not write checkpoint {path} ({error.strerror}); "
                                    f"the previous checkpoints are intact") from error
