@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--keep_checkpoints", type=positive, default=5, help="numbered checkpoints kept (plus final)")
     out.add_argument("--saved_model", default=None, metavar="PATH|auto",
                      help="resume from this checkpoint (ours, or the original's {epoch, model_state_dict}); "
-                          "'auto': the newest readable one in this run's models/, or start fresh")
+                          "'auto': the newest readable one in this run's models/, or start fresh. A run resumes "
+                          "with its own model, batch and schedule flags; from a checkpoint outside this run's "
+                          "models/ they may change")
 
     devices = p.add_argument_group("devices")
     devices.add_argument("--device_ids", type=count, nargs="*", default=None, metavar="ID",
@@ -196,6 +198,22 @@ def plain(value):
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+# The flags that define what a run trains: its model, the batches it sees and its schedules. A resumed run keeps
+# them; the others (steps, intervals, devices, speed, data folders, remedies) may change at any resume.
+RUN_FLAGS = ("baseline", "layers", "img_size", "raw_poses", "batch_size", "context_views", "train_grids", "seed",
+             "lr", "lr_final", "lr_steps", "sigma", "sigma_final", "sigma_steps")
+
+
+def changed_flags(saved: dict, args) -> list:
+    """``--flag now (its run: then)`` for each of ``RUN_FLAGS`` that differs from a checkpoint's saved args
+    (flags it did not save are not compared)."""
+    def shown(value):
+        return " ".join(map(str, value)) if isinstance(value, list) else value
+
+    return [f"--{name} {shown(plain(getattr(args, name)))} (its run: {shown(saved[name])})"
+            for name in RUN_FLAGS if name in saved and plain(getattr(args, name)) != saved[name]]
 
 
 def noise_seed(seed: int, step: int, rank: int) -> int:
@@ -374,6 +392,12 @@ class Trainer:
             if later := self.checkpoints.past(int(checkpoint.get("epoch", 0))):
                 raise TrainingError(f"{folder} holds checkpoints past the step of {path.name} "
                                     f"({', '.join(p.name for p in later)}); move them away to train on from it")
+        if changed := changed_flags(checkpoint.get("args", {}), args):
+            if path.resolve().parent == folder.resolve():  # the same run: silently another data stream or schedule
+                raise TrainingError(f"{path} was trained with other flags: {', '.join(changed)}; a run keeps the "
+                                    f"flags of its model, data and schedules: give them again, or train on from it "
+                                    f"into another --log_dir")
+            say(f"warning: training on from {path} with flags its run did not use: {', '.join(changed)}")
         load_model_state(self.model, checkpoint["model_state_dict"], path)
         self.step = int(checkpoint.get("epoch", 0))
         if "optimizer_state_dict" not in checkpoint:

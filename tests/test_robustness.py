@@ -234,6 +234,33 @@ def test_training_on_from_a_checkpoint_that_is_not_the_newest_is_refused(scratch
     assert {p.name: p.read_bytes() for p in models.iterdir()} == before
 
 
+
+def test_a_run_resumes_only_with_its_own_flags_but_a_branch_may_change_them(scratch, one_thread, capsys):
+    # --layers changes no weight shape and --seed no tensor at all: only the comparison with the saved
+    # args can tell that the resumed run would train another model on other batches.
+    assert train.main(tiny(scratch, steps=2, data=SAMPLES)) == 0
+    capsys.readouterr()
+    models = scratch / "run" / "models"
+    before = {p.name: p.read_bytes() for p in models.iterdir()}
+    changed = ("--layers", 3, "--seed", 5, "--train_grids", 1, 2, "--batch_size", 4)
+    line = main_error(tiny(scratch, "--saved_model", "auto", *changed, steps=3, data=SAMPLES), capsys)
+    assert "checkpoint-final.pt was trained with other flags: --layers 3 (its run: 2), --batch_size 4 (its run: 2), " \
+           "--train_grids 1 2 (its run: 1), --seed 5 (its run: 0)" in line, line
+    line = main_error(tiny(scratch, "--saved_model", models / "checkpoint-final.pt", "--lr", 1e-3, steps=3,
+                           data=SAMPLES), capsys)
+    assert "--lr 0.001 (its run: 0.0005)" in line and "another --log_dir" in line, line
+    assert {p.name: p.read_bytes() for p in models.iterdir()} == before
+    # The same flags, or ones that do not define the run, resume as before.
+    assert train.main(tiny(scratch, "--saved_model", "auto", "--log_interval", 7, "--clip_grad", 1, steps=3,
+                           data=SAMPLES)) == 0
+    capsys.readouterr()
+    # A branch into another --log_dir may change them, with a warning.
+    branch = tiny(scratch, "--saved_model", models / "checkpoint-final.pt", "--log_dir", "branch", "--layers", 3,
+                  steps=4, data=SAMPLES)
+    assert train.main(branch) == 0
+    assert "with flags its run did not use: --layers 3 (its run: 2)" in capsys.readouterr().err
+    assert load(scratch / "branch" / "models" / "checkpoint-final.pt")["args"]["layers"] == 3
+
 def test_rotation_never_deletes_the_checkpoint_just_written_nor_a_later_one(scratch):
     directory = CheckpointDir(scratch / "models", keep=1)
     directory.save({"epoch": 8, "model_state_dict": {}})  # e.g. left by a run that went further
