@@ -34,6 +34,7 @@ from utils.hotel import MAX_SEED, WORLD_MAZES, HotelSteps, extent_warning, step_
 
 PROG = "train_scene_rendering.py"
 AUTO = "auto"
+MAX_RECOVERIES = 10  # blow-ups a run recovers from (each halves the learning rate, for the rest of the run)
 DUMP_ENV = "GEN_TEST_DUMP_DIR"  # tests only: each rank writes its final weights there (DDP sync test)
 COMPILE_MODES = ("default", "reduce-overhead")  # torch.compile modes for --compile
 
@@ -453,7 +454,14 @@ class Trainer:
                                 f"room") from None
 
     def recover(self, writer):
-        """Too many non-finite steps in a row: back to the last checkpoint's state, half the learning rate."""
+        """Too many non-finite steps in a row: back to the last checkpoint's state, half the learning rate;
+        a run still diverging after ``MAX_RECOVERIES`` halvings stops (the rate would fall to 0 in the end)."""
+        if self.lr_scale <= 0.5 ** MAX_RECOVERIES:
+            raise TrainingError(f"{self.args.max_bad_steps} non-finite steps in a row at step {self.step} after "
+                                f"{MAX_RECOVERIES} recoveries halved the learning rate to 1/{2 ** MAX_RECOVERIES} of "
+                                f"its schedule: the run keeps diverging; its last checkpoint holds its last finite "
+                                f"state: check the data, or train on from it into another --log_dir with a lower "
+                                f"--lr or --clip_grad")
         self.model.load_state_dict(self.good["model"])
         optimizer.load_adam_state(self.optimizer, to_cpu(self.good["optimizer"]))  # a copy: the snapshot stays
         self.lr_scale /= 2

@@ -148,6 +148,16 @@ def test_nan_loss_skips_steps_then_reloads_last_checkpoint_with_half_the_lr(scra
     assert load(scratch / "run" / "models" / "checkpoint-final.pt")["scheduler_state_dict"]["lr_scale"] == 0.5
 
 
+
+def test_a_run_that_keeps_diverging_stops_instead_of_halving_the_lr_forever(scratch, one_thread, monkeypatch,
+                                                                             capsys):
+    monkeypatch.setattr(train, "_loss_hook", lambda step, loss: loss * float("nan"))
+    line = main_error(tiny(scratch, "--max_bad_steps", 1, steps=40, data=SAMPLES), capsys)
+    assert f"after {train.MAX_RECOVERIES} recoveries halved the learning rate to 1/{2 ** train.MAX_RECOVERIES}" \
+           in line, line
+    scalars, _ = read_events(scratch / "run" / "runs")
+    assert [v for _, v in scalars["train/lr_scale"]] == [0.5 ** n for n in range(1, train.MAX_RECOVERIES + 1)]
+
 @requires_shared
 def test_a_blow_up_seen_while_the_next_step_runs_is_recovered_from_in_step(scratch, one_thread, monkeypatch,
                                                                           capsys):
