@@ -617,7 +617,10 @@ class Trainer:
             warnings.filterwarnings("ignore", message="skipping damaged episode")
             if main and self.step == 0:
                 self.evaluate(writer, train_batch=None)  # the untrained model: where the test curves start
-            bar = tqdm(total=args.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True)
+            # Into a log file (a batch job's stderr) a bar redrawn ten times a second would write one endless
+            # line, tens of MB a day: there it is redrawn once a minute.
+            bar = tqdm(total=args.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True,
+                       mininterval=0.1 if sys.stderr.isatty() else 60)
             batches = iter(step_loader(self.data, range(self.step, args.steps), workers,
                                        pin_memory=runtime.device.type == "cuda", worker_init_fn=_worker_init))
             try:

@@ -158,6 +158,15 @@ def test_a_run_that_keeps_diverging_stops_instead_of_halving_the_lr_forever(scra
     scalars, _ = read_events(scratch / "run" / "runs")
     assert [v for _, v in scalars["train/lr_scale"]] == [0.5 ** n for n in range(1, train.MAX_RECOVERIES + 1)]
 
+
+def test_the_progress_bar_is_redrawn_once_a_minute_into_a_log_file(scratch, one_thread, monkeypatch, capsys):
+    # capsys's stderr is no terminal, as a batch job's log file is not; steps of 0.15 s would redraw a bar
+    # with tqdm's default interval (0.1 s) at every step.
+    monkeypatch.setattr(train, "_loss_hook", lambda step, loss: time.sleep(0.15) or loss)
+    assert train.main(tiny(scratch, steps=6, data=SAMPLES)) == 0
+    drawn = re.findall(r"\| *(\d)/6 \[", capsys.readouterr().err)
+    assert drawn == ["0", "6"], drawn
+
 @requires_shared
 def test_a_blow_up_seen_while_the_next_step_runs_is_recovered_from_in_step(scratch, one_thread, monkeypatch,
                                                                           capsys):
