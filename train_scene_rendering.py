@@ -10,6 +10,7 @@ SIGTERM / Ctrl-C finish the steps already queued (one or two), save a checkpoint
 picks it up again.
 """
 import argparse
+import errno
 import itertools
 import math
 import os
@@ -34,6 +35,7 @@ from utils.hotel import MAX_SEED, WORLD_MAZES, HotelSteps, extent_warning, step_
 
 PROG = "train_scene_rendering.py"
 AUTO = "auto"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # EIO: torch's writer failed (checkpoint.py)
 MAX_RECOVERIES = 10  # blow-ups a run recovers from (each halves the learning rate, for the rest of the run)
 DUMP_ENV = "GEN_TEST_DUMP_DIR"  # tests only: each rank writes its final weights there (DDP sync test)
 COMPILE_MODES = ("default", "reduce-overhead")  # torch.compile modes for --compile
@@ -450,8 +452,8 @@ class Trainer:
         try:
             return self.checkpoints.save(self.payload(self.good), final=final)
         except OSError as error:
-            raise TrainingError(f"{error.strerror or error}; resume with --saved_model auto once there is "
-                                f"room") from None
+            remedy = "once there is room" if error.errno in DISK_FULL else "once that is fixed"
+            raise TrainingError(f"{error.strerror or error}; resume with --saved_model auto {remedy}") from None
 
     def recover(self, writer):
         """Too many non-finite steps in a row: back to the last checkpoint's state, half the learning rate;
@@ -608,6 +610,12 @@ class Trainer:
                                            purge_step=self.step + 1 if self.step else None)
         except OSError as error:
             raise TrainingError(f"cannot write the logs in {self.run_dir / 'runs'}: {error.strerror or error}") from None
+        if main:  # a folder that cannot hold checkpoints fails now, not after --save_interval steps
+            try:
+                self.checkpoints.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise TrainingError(f"cannot write checkpoints in {self.checkpoints.directory}: "
+                                    f"{error.strerror or error}") from None
         workers = default_workers(runtime) if args.workers == "auto" else args.workers
         if main:
             note(f"training {'GQN baseline' if args.baseline else 'GEN'} on {runtime.describe()}, steps "

@@ -200,6 +200,8 @@ def test_bad_data_and_checkpoint_paths_exit_with_one_line(scratch, capsys):
     argless = scratch / "argless.pt"
     torch.save({"epoch": 1, "model_state_dict": {"w": torch.zeros(1)}, "args": None}, argless)
     (scratch / "taken").write_text("a file where the logs would go")
+    (scratch / "filed" / "run").mkdir(parents=True)
+    (scratch / "filed" / "run" / "models").write_text("a file where the checkpoints would go")
     cases = [
         (tiny(scratch, data=scratch / "nowhere"), "--train_data_dir"),
         (tiny(scratch, data=scratch / "empty"), "--train_data_dir"),
@@ -210,6 +212,7 @@ def test_bad_data_and_checkpoint_paths_exit_with_one_line(scratch, capsys):
         (tiny(scratch, "--saved_model", odd), "not a dict of named tensors"),
         (tiny(scratch, "--saved_model", argless), "its args are not a dict"),
         (tiny(scratch / "taken"), "taken"),
+        (tiny(scratch / "filed"), f"cannot write checkpoints in {scratch / 'filed' / 'run' / 'models'}: File exists"),
     ]
     for argv, needle in cases:
         assert needle in main_error(argv, capsys), argv

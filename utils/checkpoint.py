@@ -27,8 +27,8 @@ def save_checkpoint(payload: dict, path) -> None:
     is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as temp:
             try:
                 torch.save(payload, temp)
