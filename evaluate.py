@@ -456,6 +456,7 @@ def parse_args(argv=None):
                         help=f"pixel sigma for -ELBO (default: the checkpoint's, else {DEFAULT_SIGMA})")
     parser.add_argument("--device", type=command.torch_device, default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    args.grids = list(dict.fromkeys(args.grids))  # each size once: a repeated one would be two rows of one result
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a file, not a directory")
     return args

@@ -158,7 +158,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--batch_size {args.batch_size} cannot fill a {k}x{k} hotel ({k * k} mazes); "
                      f"use --batch_size >= {k * k} or drop {k} from --train_grids")
     if args.saved_model not in (None, AUTO) and not Path(args.saved_model).is_file():
-        parser.error(f"--saved_model {args.saved_model}: no such file (or use --saved_model auto)")
+        why = "a directory, not a checkpoint file" if Path(args.saved_model).is_dir() else "no such file"
+        parser.error(f"--saved_model {args.saved_model}: {why} (or use --saved_model auto)")
     return args
 
 

@@ -190,6 +190,13 @@ def test_a_failed_write_leaves_the_previous_reports_as_they_were(checkpoints, tm
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # no mix of runs, no temporaries
 
 
+def test_a_grid_size_given_twice_is_evaluated_once(checkpoints, tmp_path, capsys):
+    rows = evaluate.main(evaluate.parse_args(["--saved_model", str(checkpoints[0]), "--test_data_dir", str(SAMPLES),
+                                              "--grids", "1", "1", "--episodes", "1", "--out", str(tmp_path),
+                                              "--device", "cpu"]))
+    assert sorted(row["grid"] for row in rows) == [1, 1, 1], "the model and the two references, once each"
+    assert (tmp_path / "metrics.png").is_file()
+
 def test_the_csv_keeps_eight_significant_digits_of_large_values():
     assert evaluate.cell(307123.456789, 8) == "307123.46"
     assert evaluate.cell(1.5e-7, 8) == "1.5e-07"
@@ -213,6 +220,10 @@ def test_missing_or_bad_checkpoints_and_data_give_one_line_errors(checkpoints, t
     assert code == 2 and "junk.pt" in err and "\n" not in err
     code, err = run_cli(capsys, "--saved_model", str(gen), "--test_data_dir", str(tmp_path / "missing"))
     assert code == 2 and "missing" in err and "\n" not in err
+    code, err = run_cli(capsys, "--saved_model", str(tmp_path), "--test_data_dir", data)
+    assert code == 2 and f"checkpoint {tmp_path} is a directory" in err and "\n" not in err
+    code, err = run_cli(capsys, "--saved_model", str(gen), "--test_data_dir", str(junk))
+    assert code == 2 and f"{junk}: not a directory" in err and "\n" not in err
     code, err = run_cli(capsys, "--saved_model", str(gen), "--test_data_dir", data, "--grids", "2", "6")
     assert code == 2 and "grid 6x6 is too big for the world (5x5 mazes)" in err and "\n" not in err
 

@@ -178,6 +178,7 @@ def test_bad_flags_exit_with_one_line_before_any_work(scratch, capsys):
         (["--max_bad_files", "2"], "--max_bad_files"),
         (["--clip_grad", "0"], "--clip_grad"),
         (["--saved_model", str(scratch / "missing.pt")], "no such file"),
+        (["--saved_model", str(scratch)], "a directory, not a checkpoint file"),
         (["--device_ids", "x"], "--device_ids"),
         (["--compile", "fast"], "--compile"),
         (["--workers", "many"], "expected auto or an int >= 0"),

@@ -53,7 +53,7 @@ def load_checkpoint(path) -> dict:
     """Read a checkpoint dict safely; ``CheckpointError`` naming the file if it is not one."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - weights_only parsing of arbitrary bytes fails in many ways

@@ -109,7 +109,7 @@ def list_episodes(directory: str | os.PathLike) -> list[Path]:
     else ignored), sorted by name. EpisodeError if the directory is missing or holds no episode."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise EpisodeError(f"{directory}: no such episode directory")
+        raise EpisodeError(f"{directory}: " + ("not a directory" if directory.exists() else "no such episode directory"))
     paths = sorted(p for p in directory.iterdir() if _is_episode_name(p.name) and p.is_file())
     if not paths:
         raise EpisodeError(f"{directory}: holds no episode files (*{' or *'.join(EPISODE_SUFFIXES)})")
