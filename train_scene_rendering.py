@@ -60,6 +60,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except None: those flags' help says what their absence means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _grid(text):
     value = number(int, 1, low_ok=True)(text)
     if value > WORLD_MAZES:
@@ -80,7 +87,7 @@ def _workers(text):
 def build_parser() -> argparse.ArgumentParser:
     positive, count, rate = number(int, 0), number(int, 0, low_ok=True), number(float, 0)
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                formatter_class=_DefaultsShown)
     data = p.add_argument_group("data")
     data.add_argument("--train_data_dir", default="data_samples/train", help="episodes (.pt / .pt.gz) to train on")
     data.add_argument("--test_data_dir", default="data_samples/test", help="episodes for the test losses and images")

@@ -224,6 +224,12 @@ def test_cuda_requested_without_cuda_is_one_line(scratch, capsys):
     assert "no CUDA device" in main_error(tiny(scratch, "--device_ids", 0), capsys)
 
 
+
+def test_help_shows_the_defaults_but_never_none():
+    text = " ".join(train.build_parser().format_help().split())  # unwrapped
+    assert "(default: 36)" in text and "(default: auto)" in text
+    assert "default: None" not in text, "a None default repeats what the flag's help says it means"
+
 def test_defaults_follow_the_issue():
     args = train.parse_args([])
     assert (args.log_dir, args.train_grids, args.test_grids, args.context_views, args.img_size) == (
