@@ -17,6 +17,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from utils.command import number  # noqa: E402
 from utils.summaries import read_events  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def main(argv=None):
     parser.add_argument("runs", nargs="+", help="TensorBoard directories (RUN/runs)")
     parser.add_argument("--label", action="append", help="one label per run (default: the run folder name)")
     parser.add_argument("--out", required=True, help="PNG to write")
-    parser.add_argument("--window", type=int, default=25, help="moving-average window of the training loss")
+    parser.add_argument("--window", type=number(int, 0), default=25, help="moving-average window of the training loss")
     args = parser.parse_args(argv)
     labels = args.label or [Path(run).resolve().parent.name for run in args.runs]
     if len(labels) != len(args.runs):
@@ -57,8 +58,11 @@ def main(argv=None):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.out, dpi=100)
+    try:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(args.out, dpi=100)
+    except OSError as error:
+        parser.error(f"cannot write --out {args.out}: {error.strerror or error}")
     print(json.dumps(summary))
 
 

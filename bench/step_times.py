@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from utils.command import number  # noqa: E402
 from utils.summaries import read_events  # noqa: E402
 
 
@@ -55,10 +56,10 @@ def step_grids(scalars: dict) -> dict:
 def step_times(runs_dir, skip: int = 40, batch_size=None) -> dict:
     scalars, _ = read_events(runs_dir)
     if "time_per_step" not in scalars:
-        raise SystemExit(f"error: {runs_dir} holds no time_per_step events (a training run's runs/ folder?)")
+        raise ValueError(f"{runs_dir} holds no time_per_step events (a training run's runs/ folder?)")
     steps = [(step, seconds) for step, seconds in scalars["time_per_step"] if step > skip]
     if not steps:
-        raise SystemExit(f"error: {runs_dir} has no steps after --skip {skip}")
+        raise ValueError(f"{runs_dir} has no steps after --skip {skip}")
     waits = {name: dict(scalars[name]) for name in WAITS if name in scalars}
     result = summary(steps, waits, batch_size)
     grids = step_grids(scalars)
@@ -74,10 +75,14 @@ def step_times(runs_dir, skip: int = 40, batch_size=None) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs_dir", type=Path, help="a run's TensorBoard folder, e.g. logs/GEN/runs")
-    p.add_argument("--skip", type=int, default=40, help="leave out the first steps (compilation, start-up)")
-    p.add_argument("--batch_size", type=int, default=None, help="the run's --batch_size, for samples/s")
+    p.add_argument("--skip", type=number(int, 0, low_ok=True), default=40,
+                   help="leave out the first steps (compilation, start-up)")
+    p.add_argument("--batch_size", type=number(int, 0), default=None, help="the run's --batch_size, for samples/s")
     args = p.parse_args(argv)
-    print(json.dumps(step_times(args.runs_dir, args.skip, args.batch_size)))
+    try:
+        print(json.dumps(step_times(args.runs_dir, args.skip, args.batch_size)))
+    except ValueError as error:
+        p.error(str(error))
 
 
 if __name__ == "__main__":

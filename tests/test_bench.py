@@ -116,8 +116,11 @@ def test_step_times_reads_medians_after_the_skipped_steps(tmp_path, capsys):
     assert one["time_per_step_median"] == pytest.approx(0.105)
     assert two["time_per_step_median"] == pytest.approx(0.105)
     assert two["time_per_step_min"] == pytest.approx(0.104)
-    with pytest.raises(SystemExit, match="no steps after"):
-        step_times.main([str(tmp_path), "--skip", "10"])
+    for argv, message in (["--skip", "10"], "has no steps after --skip 10"), (["--batch_size", "0"], "expected int > 0"):
+        with pytest.raises(SystemExit) as exit_:
+            step_times.main([str(tmp_path), *argv])
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage line
+        assert exit_.value.code == 2 and message in err and "error:" in err, err
 
 
 def test_bench_loader_times_every_batch_it_counts(monkeypatch):
