@@ -742,6 +742,9 @@ def main(argv=None) -> int:
             return code
     except (TrainingError, CheckpointError, EpisodeError, distributed.DeviceError) as error:
         raise SystemExit(f"{PROG}: error: {_one_line(error)}") from None
+    except KeyboardInterrupt:  # the second Ctrl-C: no traceback, and the shell's status for an interrupt
+        note("aborted by a second Ctrl-C: nothing saved since the last checkpoint")
+        raise SystemExit(128 + signal.SIGINT) from None
     finally:
         distributed.shutdown(runtime)
 
