@@ -57,6 +57,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -670,7 +671,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="JPEG quality, 0 to 100")
     p.add_argument("--contact-sheet", default="contact_sheet.png",
                    help="file name (inside --out) of a sheet of the first 4 training episodes; '' for none")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    sheet = args.contact_sheet
+    if sheet and (Path(sheet).name != sheet or sheet in (".", "..") or not sheet.lower().endswith(".png")):
+        # checked before any episode is written: a failure after them would leave folders that block a rerun
+        p.error(f"--contact-sheet must be a .png file name, written inside --out; got {sheet!r}")
+    return args
 
 
 def main(args: argparse.Namespace) -> None:
