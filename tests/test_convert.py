@@ -100,6 +100,9 @@ def test_iter_records_and_corruption(tmp_path):
     with pytest.raises(TFRecordError, match=rf"{path}: record 1: data CRC"):
         list(iter_records(path))
     assert len(list(iter_records(path, verify=False))) == 3
+    reported = []  # the header is intact, so the records after the damaged payload can still be read
+    assert [i for i, _ in iter_records(path, damaged=reported.append)] == [0, 2]
+    assert reported == [f"{path}: record 1: data CRC mismatch (corrupt payload)"]
 
     path.write_bytes(b"\x07" + tfrecord_bytes(payloads)[1:])  # record 0's length
     with pytest.raises(TFRecordError, match="record 0: length CRC"):
@@ -159,7 +162,7 @@ def test_convert_reports_corrupt_record(src, tmp_path, capsys):
     assert convert.main([str(src), str(dst), "--no_progress"]) == 1
     err = capsys.readouterr().err
     assert f"{path}: record 1: data CRC mismatch" in err
-    assert [p.name for p in (dst / "train").iterdir()] == ["0000-of-sample-0000.pt"]
+    assert sorted(p.name for p in (dst / "train").iterdir()) == ["0000-of-sample-0000.pt", "0000-of-sample-0002.pt"]
 
 
 @requires_shared

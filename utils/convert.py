@@ -105,7 +105,7 @@ def convert_file(tfrecord: Path, out_dir: Path, progress: Callable[[int], None] 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         size, done = tfrecord.stat().st_size, 0
-        for index, payload in iter_records(tfrecord, select=wanted):
+        for index, payload in iter_records(tfrecord, select=wanted, damaged=result.errors.append):
             where = f"{tfrecord}: record {index}"
             try:
                 features = parse_example(payload)

@@ -123,13 +123,16 @@ def masked_crc32c(data) -> int:
 
 
 def iter_records(
-    path: str | os.PathLike, verify: bool = True, select: Callable[[int], bool] | None = None
+    path: str | os.PathLike, verify: bool = True, select: Callable[[int], bool] | None = None,
+    damaged: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """Yield ``(index, payload)`` for each record of a TFRecord file, one record in memory at a time.
 
     ``select(index) -> False`` skips a record without reading its payload (its length CRC is still
     checked, so the framing stays trustworthy). With ``verify`` both CRCs are checked. Any corruption or
     truncation raises TFRecordError naming the file and the record index; the file is not read further.
+    Except, given ``damaged``: a payload whose CRC fails under an intact header is reported to it (the
+    same message) and skipped, since the next record's place is still known.
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -156,8 +159,12 @@ def iter_records(
             if len(payload) < length or len(footer) < 4:
                 raise TFRecordError(f"{path}: record {index}: truncated (file ends inside the record)")
             if verify and masked_crc32c(payload) != struct.unpack("<I", footer)[0]:
-                raise TFRecordError(f"{path}: record {index}: data CRC mismatch (corrupt payload)")
-            yield index, payload
+                message = f"{path}: record {index}: data CRC mismatch (corrupt payload)"
+                if damaged is None:
+                    raise TFRecordError(message)
+                damaged(message)
+            else:
+                yield index, payload
             index += 1
 
 
