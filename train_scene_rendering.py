@@ -35,7 +35,7 @@ from utils.hotel import MAX_SEED, WORLD_MAZES, HotelSteps, extent_warning, step_
 
 PROG = "train_scene_rendering.py"
 AUTO = "auto"
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)  # EIO: torch's writer failed (checkpoint.py)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
 MAX_RECOVERIES = 10  # blow-ups a run recovers from (each halves the learning rate, for the rest of the run)
 DUMP_ENV = "GEN_TEST_DUMP_DIR"  # tests only: each rank writes its final weights there (DDP sync test)
 COMPILE_MODES = ("default", "reduce-overhead")  # torch.compile modes for --compile

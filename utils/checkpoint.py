@@ -6,7 +6,6 @@ no ``module.`` or compile prefixes), ``optimizer_state_dict``, ``scheduler_state
 (``vars()`` of the training command line) and RNG states. Checkpoints of the original
 implementation hold only ``epoch`` and ``model_state_dict`` (keys possibly prefixed ``module.``).
 """
-import errno
 import warnings
 from pathlib import Path
 
@@ -29,14 +28,35 @@ def save_checkpoint(payload: dict, path) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as temp:
+        with atomic_path(path) as temp, open(temp, "wb") as file:
+            sink = _KeepWriteError(file)
             try:
-                torch.save(payload, temp)
-            except RuntimeError as error:  # torch's zip writer reports a failed write (a full disk) this way
-                raise OSError(errno.EIO, f"write failed: {str(error).splitlines()[0]}; is the disk full?") from error
+                torch.save(payload, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None
     except OSError as error:
         raise OSError(error.errno, f"could not write checkpoint {path} ({error.strerror}); "
                                    f"the previous checkpoints are intact") from error
+
+
+class _KeepWriteError:
+    """A file for torch.save that keeps the OSError of a failed write: torch's zip writer reports it as a
+    RuntimeError without its cause (a full disk, a file-size limit)."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data):
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self):
+        self.file.flush()
 
 
 def checkpoint_step(path) -> int:
