@@ -1,6 +1,6 @@
 """The tour animation: a query camera walks through a k x k hotel of mazes and turns in place in each.
 
-    python make_gif.py --saved_model CKPT --data_dir data_samples/test --grid 3 --out gifs/tour.gif
+    python make_gif.py --saved_model CKPT --data_dir data_samples/test --grid 3 --out tour.gif
 
 k x k distinct episodes (chosen by ``--seed``) form one hotel with its lower-left corner at ``ORIGIN``;
 ``--context_views`` views of every maze (default: as many as the checkpoint was trained with) are written

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resume from this checkpoint (ours, or the original's {epoch, model_state_dict}); "
                           "'auto': the newest readable one in this run's models/, or start fresh. A run resumes "
                           "with its own model, batch and schedule flags; from a checkpoint outside this run's "
-                          "models/ they may change")
+                          "models/ they may change, except --baseline and --img_size")
 
     devices = p.add_argument_group("devices")
     devices.add_argument("--device_ids", type=count, nargs="*", default=None, metavar="ID",
@@ -212,19 +212,22 @@ def plain(value):
 
 
 # The flags that define what a run trains: its model, the batches it sees and its schedules. A resumed run keeps
-# them; the others (steps, intervals, devices, speed, data folders, remedies) may change at any resume.
-RUN_FLAGS = ("baseline", "layers", "img_size", "raw_poses", "batch_size", "context_views", "train_grids", "seed",
-             "lr", "lr_final", "lr_steps", "sigma", "sigma_final", "sigma_steps")
+# them; the others (steps, intervals, devices, speed, data folders, remedies) may change at any resume. A branch
+# (a checkpoint trained on into another run folder) may change them too, except those that shape the weights.
+SHAPE_FLAGS = ("baseline", "img_size")
+LR_FLAGS = ("lr", "lr_final", "lr_steps")
+RUN_FLAGS = SHAPE_FLAGS + ("layers", "raw_poses", "batch_size", "context_views", "train_grids", "seed", *LR_FLAGS,
+                           "sigma", "sigma_final", "sigma_steps")
 
 
-def changed_flags(saved: dict, args) -> list:
-    """``--flag now (its run: then)`` for each of ``RUN_FLAGS`` that differs from a checkpoint's saved args
-    (flags it did not save are not compared)."""
+def changed_flags(saved: dict, args) -> dict:
+    """{name: "--flag now (its run: then)"} for each of ``RUN_FLAGS`` that differs from a checkpoint's saved
+    args (flags it did not save are not compared)."""
     def shown(value):
         return " ".join(map(str, value)) if isinstance(value, list) else value
 
-    return [f"--{name} {shown(plain(getattr(args, name)))} (its run: {shown(saved[name])})"
-            for name in RUN_FLAGS if name in saved and plain(getattr(args, name)) != saved[name]]
+    return {name: f"--{name} {shown(plain(getattr(args, name)))} (its run: {shown(saved[name])})"
+            for name in RUN_FLAGS if name in saved and plain(getattr(args, name)) != saved[name]}
 
 
 def noise_seed(seed: int, step: int, rank: int) -> int:
@@ -403,12 +406,15 @@ class Trainer:
             if later := self.checkpoints.past(int(checkpoint.get("epoch", 0))):
                 raise TrainingError(f"{folder} holds checkpoints past the step of {path.name} "
                                     f"({', '.join(p.name for p in later)}); move them away to train on from it")
-        if changed := changed_flags(checkpoint.get("args", {}), args):
-            if path.resolve().parent == folder.resolve():  # the same run: silently another data stream or schedule
-                raise TrainingError(f"{path} was trained with other flags: {', '.join(changed)}; a run keeps the "
-                                    f"flags of its model, data and schedules: give them again, or train on from it "
-                                    f"into another --log_dir")
-            say(f"warning: training on from {path} with flags its run did not use: {', '.join(changed)}")
+        changed = changed_flags(checkpoint.get("args", {}), args)
+        if shape := [changed[name] for name in SHAPE_FLAGS if name in changed]:
+            raise TrainingError(f"{path} holds the weights of another model: {', '.join(shape)}; give its values")
+        if changed and path.resolve().parent == folder.resolve():  # the same run: silently other batches or rates
+            raise TrainingError(f"{path} was trained with other flags: {', '.join(changed.values())}; a run keeps the "
+                                f"flags of its model, data and schedules: give them again, or train on from it into "
+                                f"another --log_dir")
+        if changed:
+            say(f"warning: training on from {path} with flags its run did not use: {', '.join(changed.values())}")
         load_model_state(self.model, checkpoint["model_state_dict"], path)
         self.step = int(checkpoint.get("epoch", 0))
         if "optimizer_state_dict" not in checkpoint:
@@ -421,6 +427,10 @@ class Trainer:
                 raise CheckpointError(f"{path}: optimizer state does not fit this model ({error})") from None
         schedule = checkpoint.get("scheduler_state_dict", {})
         self.lr_scale = float(schedule.get("lr_scale", 1.0))
+        if self.lr_scale != 1 and changed.keys() & set(LR_FLAGS):  # a branch that chose its own learning rate
+            say(f"warning: the learning rate follows the new flags; the halvings of {path}'s run (scale "
+                f"{self.lr_scale:g}) are dropped")
+            self.lr_scale = 1.0
         self.skipped_steps = int(schedule.get("skipped_steps", 0))
         self.bad_files = set(schedule.get("bad_files", []))
         self.named = set(self.bad_files)
@@ -469,9 +479,9 @@ class Trainer:
         if self.lr_scale <= 0.5 ** MAX_RECOVERIES:
             raise TrainingError(f"{self.args.max_bad_steps} non-finite steps in a row at step {self.step} after "
                                 f"{MAX_RECOVERIES} recoveries halved the learning rate to 1/{2 ** MAX_RECOVERIES} of "
-                                f"its schedule: the run keeps diverging; its last checkpoint holds its last finite "
-                                f"state: check the data, or train on from it into another --log_dir with a lower "
-                                f"--lr or --clip_grad")
+                                f"its schedule: the run keeps diverging; check the data, or train on from a checkpoint "
+                                f"before the trouble into another --log_dir with a lower --lr (the halvings then "
+                                f"start over)")
         self.model.load_state_dict(self.good["model"])
         optimizer.load_adam_state(self.optimizer, to_cpu(self.good["optimizer"]))  # a copy: the snapshot stays
         self.lr_scale /= 2
@@ -634,9 +644,10 @@ class Trainer:
             if main and self.step == 0:
                 self.evaluate(writer, train_batch=None)  # the untrained model: where the test curves start
             # Into a log file (a batch job's stderr) a bar redrawn ten times a second would write one endless
-            # line, tens of MB a day: there it is redrawn once a minute.
+            # line, tens of MB a day: there it is redrawn once a minute (maxinterval too, or tqdm's monitor thread
+            # redraws it every 10 s).
             bar = tqdm(total=args.steps, initial=self.step, disable=not main, unit="step", dynamic_ncols=True,
-                       mininterval=0.1 if sys.stderr.isatty() else 60)
+                       **({} if sys.stderr.isatty() else {"mininterval": 60, "maxinterval": 60}))
             batches = iter(step_loader(self.data, range(self.step, args.steps), workers,
                                        pin_memory=runtime.device.type == "cuda", worker_init_fn=_worker_init))
             try:

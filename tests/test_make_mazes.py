@@ -201,12 +201,12 @@ def test_smallest_arguments_are_accepted(tmp_path):
     assert list((out / "test").iterdir()) == []
 
 
-@pytest.mark.parametrize("sheet", ["sub/sheet.png", "../sheet.png", "sheet", "sheet.jpg"])
+@pytest.mark.parametrize("sheet", ["sub/sheet.png", "../sheet.png", "sheet", "sheet.pt", "sheet.psd"])
 def test_a_contact_sheet_name_that_cannot_be_written_is_refused_before_any_episode(tmp_path, capsys, sheet):
     out = tmp_path / "o"
     with pytest.raises(SystemExit) as refused:
         mm.cli(["--out", str(out), "--train", "1", "--test", "0", "--views", "2", "--contact-sheet", sheet])
-    assert refused.value.code == 2 and "--contact-sheet must be a .png file name" in capsys.readouterr().err
+    assert refused.value.code == 2 and "--contact-sheet must be an image file name" in capsys.readouterr().err
     assert not out.exists()
 
 def test_runs_never_mix_in_one_folder(tmp_path, capsys):

@@ -96,6 +96,9 @@ def test_a_checkpoints_step_is_read_from_either_torch_format(scratch):
     (scratch / "cut.pt").write_bytes((scratch / "zip.pt").read_bytes()[:300])
     with pytest.raises(CheckpointError, match="cut.pt"):
         checkpoint_step(scratch / "cut.pt")
+    torch.save({"epoch": 99}, scratch / "stepless.pt")
+    with pytest.raises(CheckpointError, match="stepless.pt is not a checkpoint"):
+        checkpoint_step(scratch / "stepless.pt")
 
 @requires_shared
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(scratch, one_thread, monkeypatch, capsys):
@@ -152,11 +155,19 @@ def test_nan_loss_skips_steps_then_reloads_last_checkpoint_with_half_the_lr(scra
 def test_a_run_that_keeps_diverging_stops_instead_of_halving_the_lr_forever(scratch, one_thread, monkeypatch,
                                                                              capsys):
     monkeypatch.setattr(train, "_loss_hook", lambda step, loss: loss * float("nan"))
-    line = main_error(tiny(scratch, "--max_bad_steps", 1, steps=40, data=SAMPLES), capsys)
+    line = main_error(tiny(scratch, "--max_bad_steps", 1, "--save_interval", 3, steps=40, data=SAMPLES), capsys)
     assert f"after {train.MAX_RECOVERIES} recoveries halved the learning rate to 1/{2 ** train.MAX_RECOVERIES}" \
            in line, line
     scalars, _ = read_events(scratch / "run" / "runs")
     assert [v for _, v in scalars["train/lr_scale"]] == [0.5 ** n for n in range(1, train.MAX_RECOVERIES + 1)]
+    # What the message advises: a branch with its own --lr starts the halvings over (a resume keeps them).
+    monkeypatch.setattr(train, "_loss_hook", None)
+    newest = CheckpointDir(scratch / "run" / "models").newest()[0]
+    assert load(newest)["scheduler_state_dict"]["lr_scale"] < 1
+    assert train.main(tiny(scratch, "--saved_model", newest, "--log_dir", "branch", "--lr", 1e-4,
+                           steps=load(newest)["epoch"] + 2, data=SAMPLES)) == 0
+    assert "the halvings of" in capsys.readouterr().err
+    assert load(scratch / "branch" / "models" / "checkpoint-final.pt")["scheduler_state_dict"]["lr_scale"] == 1
 
 
 def test_the_progress_bar_is_redrawn_once_a_minute_into_a_log_file(scratch, one_thread, monkeypatch, capsys):
@@ -279,6 +290,10 @@ def test_a_run_resumes_only_with_its_own_flags_but_a_branch_may_change_them(scra
     assert train.main(branch) == 0
     assert "with flags its run did not use: --layers 3 (its run: 2)" in capsys.readouterr().err
     assert load(scratch / "branch" / "models" / "checkpoint-final.pt")["args"]["layers"] == 3
+    # Except the flags that shape the weights: no run can change those.
+    line = main_error(tiny(scratch, "--saved_model", models / "checkpoint-final.pt", "--log_dir", "other",
+                           "--img_size", 32, steps=4, data=SAMPLES), capsys)
+    assert "holds the weights of another model: --img_size 32 (its run: 16); give its values" in line, line
 
 def test_rotation_never_deletes_the_checkpoint_just_written_nor_a_later_one(scratch):
     directory = CheckpointDir(scratch / "models", keep=1)

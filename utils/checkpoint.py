@@ -64,9 +64,12 @@ def checkpoint_step(path) -> int:
     paper-size run's checkpoint is hundreds of MB); files of torch's pre-1.6 format cannot be mapped and
     are loaded whole. ``CheckpointError`` if unreadable."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch", 0))
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if isinstance(payload, dict) and isinstance(payload.get("model_state_dict"), dict):
+            return int(payload.get("epoch", 0))
     except Exception:  # noqa: BLE001 - not a zip checkpoint, or not a checkpoint: load_checkpoint says which
-        return int(load_checkpoint(path).get("epoch", 0))
+        pass
+    return int(load_checkpoint(path).get("epoch", 0))
 
 
 def load_checkpoint(path) -> dict:

@@ -670,12 +670,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quality", type=command.number(int, 0, low_ok=True, high=100), default=JPEG_QUALITY,
                    help="JPEG quality, 0 to 100")
     p.add_argument("--contact-sheet", default="contact_sheet.png",
-                   help="file name (inside --out) of a sheet of the first 4 training episodes; '' for none")
+                   help="image file name (inside --out; the format follows its extension) of a sheet of the "
+                        "first 4 training episodes; '' for none")
     args = p.parse_args(argv)
     sheet = args.contact_sheet
-    if sheet and (Path(sheet).name != sheet or sheet in (".", "..") or not sheet.lower().endswith(".png")):
+    writable = {ext for ext, kind in Image.registered_extensions().items() if kind in Image.SAVE}
+    if sheet and (Path(sheet).name != sheet or Path(sheet).suffix.lower() not in writable):
         # checked before any episode is written: a failure after them would leave folders that block a rerun
-        p.error(f"--contact-sheet must be a .png file name, written inside --out; got {sheet!r}")
+        p.error(f"--contact-sheet must be an image file name (.png, .jpg, ...), written inside --out; got {sheet!r}")
     return args
 
 
