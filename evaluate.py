@@ -459,6 +459,8 @@ def parse_args(argv=None):
     args.grids = list(dict.fromkeys(args.grids))  # each size once: a repeated one would be two rows of one result
     if Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a file, not a directory")
+    if blocker := command.file_in_the_way(args.out):
+        parser.error(f"--out {args.out}: {blocker} is a file, not a directory")
     return args
 
 

@@ -366,6 +366,8 @@ def parse_args(argv=None):
         parser.error(f"--out must be a .gif file, got {args.out}")
     if Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a directory; name the .gif file to write")
+    if blocker := command.file_in_the_way(args.out):
+        parser.error(f"--out {args.out}: {blocker} is a file, not a directory")
     return args
 
 

@@ -261,6 +261,10 @@ def test_an_out_path_that_is_a_file_is_refused_at_once(checkpoints, tmp_path, ca
         evaluate.parse_args(["--saved_model", str(checkpoints[0]), "--test_data_dir", str(SAMPLES),
                              "--out", str(taken)])
     assert "is a file, not a directory" in capsys.readouterr().err and taken.read_text() == "mine"
+    with pytest.raises(SystemExit):  # a file further up the path
+        evaluate.parse_args(["--saved_model", str(checkpoints[0]), "--test_data_dir", str(SAMPLES),
+                             "--out", str(taken / "deeper" / "eval")])
+    assert f"{taken} is a file, not a directory" in capsys.readouterr().err
 
 
 def test_the_script_exits_nonzero_with_one_line_and_no_traceback(tmp_path):

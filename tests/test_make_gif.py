@@ -214,6 +214,14 @@ def test_context_views_default_to_the_checkpoints(tmp_path, monkeypatch):
     assert views == [3, 5]  # one maze: its views only
 
 
+def test_an_out_path_under_a_file_is_refused_before_rendering(tmp_path, capsys):
+    (tmp_path / "notes").write_text("mine")
+    with pytest.raises(SystemExit) as exit:
+        make_gif.parse_args(["--saved_model", "none.pt", "--data_dir", str(SAMPLES),
+                             "--out", str(tmp_path / "notes" / "tour.gif")])
+    assert exit.value.code == 2 and f"{tmp_path / 'notes'} is a file, not a directory" in capsys.readouterr().err
+
+
 def test_numbers_are_checked_when_parsed(capsys):
     base = ["--saved_model", "none.pt", "--data_dir", str(SAMPLES)]
     assert make_gif.parse_args(base + ["--seed", str(MAX_SEED)]).seed == MAX_SEED

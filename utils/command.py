@@ -3,6 +3,7 @@ non-zero exit status, never a traceback; and the argument types that refuse bad 
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple, Type
 
 
@@ -37,6 +38,16 @@ def number(kind, low, low_ok=False, high=None):
         return value
 
     return parse
+
+
+def file_in_the_way(path) -> Optional[Path]:
+    """The file that keeps ``path`` from ever being created - its nearest existing ancestor, when that is not a
+    directory - or None. Output paths are checked with it before the work, whose end would otherwise fail on
+    a message such as "File exists: 'README.md'"."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
 
 
 def torch_device(text):
