@@ -35,6 +35,8 @@ from utils.dataset import (
     save_episode,
 )
 
+from utils.hotel import view_indices  # noqa: E402
+
 TRAIN = SHARED_MAZES / "train"
 MANIFEST = SHARED_MAZES / "tfrecord" / "0000-of-sample.manifest.json"
 INFO_KEYS = ["path", "frames", "height", "width", "x_range", "y_range", "yaw_range", "frames_sha256", "cameras_sha256"]
@@ -469,10 +471,29 @@ def test_a_training_batch_carries_uint8_pixels_and_the_model_gets_decode_views_f
     assert torch.equal(context, batch.context_frames.float() / 255) and torch.equal(query, batch.query_frames / 255)
     plan = steps.plan(5)
     episode = load_episode(steps.paths[int(plan.episodes[0, 0])])
-    indices = (plan.views[0, 0] * len(episode.frames)).long().clamp(max=len(episode.frames) - 1).tolist()
+    indices = view_indices(plan.views[0, 0].tolist(), len(episode.frames))
     assert torch.equal(query[0, 0], decode_views(episode, indices, 32)[-1])
     assert torch.equal(context[0], decode_views(episode, indices[:-1], 32))
 
+
+
+def test_planned_views_are_distinct_frames_drawn_uniformly_and_prefixes_keep_theirs():
+    """As DeepMind's reader draws them: without replacement, so the query is never one of the context views."""
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(3, 5)  # how often each of 5 frames is drawn as view 0, view 1, the query
+    for _ in range(6000):
+        fractions = torch.rand(3, generator=g).tolist()
+        indices = view_indices(fractions, 5)
+        assert len(set(indices)) == 3
+        counts[torch.arange(3), torch.tensor(indices)] += 1
+    assert (counts / 6000 - 0.2).abs().max() < 0.02, counts
+    for _ in range(50):
+        fractions = torch.rand(9, generator=g).tolist()
+        full = view_indices(fractions, 300)
+        assert len(set(full)) == 9
+        assert view_indices(fractions[:3] + fractions[-1:], 300) == full[:3] + full[-1:]
+    few = view_indices(torch.rand(6, generator=g).tolist(), 4)  # fewer frames than views: rounds of all 4
+    assert sorted([few[-1], *few[:3]]) == [0, 1, 2, 3]
 
 def distinct_episode(i: int, n: int = 4):
     """Episode i of a test folder: frames and cameras unlike any other i's, so a batch shows which it used."""
@@ -525,7 +546,7 @@ def test_a_partly_damaged_episode_does_not_make_a_step_depend_on_the_steps_befor
     def frames_of_b(step):  # the frames of b (episode 1) that the step plans to use
         plan = steps.plan(step)
         at = (plan.episodes == 1).nonzero().tolist()
-        return {int(f * 4) for h, m in at for f in plan.views[h, m]}
+        return {i for h, m in at for i in view_indices(plan.views[h, m].tolist(), 4)}
 
     uses_frame_0 = next(s for s in range(200) if 0 in frames_of_b(s))
     good_only = next(s for s in range(200) if frames_of_b(s) and 0 not in frames_of_b(s))

@@ -68,7 +68,7 @@ def maze_cells(grid: int) -> torch.Tensor:
 class StepPlan(NamedTuple):
     grid: int
     episodes: torch.Tensor  # (H, M) distinct episode indices per hotel, M = grid ** 2
-    views: torch.Tensor  # (H, M, C + 1) fractions in [0, 1) of each episode's frames; last = query
+    views: torch.Tensor  # (H, M, C + 1) in [0, 1): which frames of each episode (view_indices); last = query
     origin: torch.Tensor  # (H, 2) lower-left world corner of each hotel
 
 
@@ -125,11 +125,28 @@ class HotelBatch(NamedTuple):
                 move(self.query_poses), move(self.origin), self.grid)
 
 
+def view_indices(fractions: Sequence[float], n: int) -> list:
+    """Distinct frame indices (of ``n``) for planned views (C contexts, then the query), drawn without
+    replacement as DeepMind's data reader draws them: the query never repeats a context view. The query
+    draws first and the contexts in order, each the ``floor(f * left)``-th of the frames not drawn yet, so a
+    prefix of the contexts (evaluate.py gives models with fewer views the first C) keeps its frames and the
+    query. An episode with fewer frames than views starts a new round once all are drawn."""
+    order = [len(fractions) - 1, *range(len(fractions) - 1)]
+    indices, left = [0] * len(fractions), []
+    for i in order:
+        if not left:
+            left = list(range(n))
+        j = min(int(fractions[i] * len(left)), len(left) - 1)
+        left[j], left[-1] = left[-1], left[j]  # swap-remove: the rest stay undrawn, in some order
+        indices[i] = left.pop()
+    return indices
+
+
 def episode_views(episode, fractions: torch.Tensor, img_size: int):
-    """The views at ``fractions`` in [0, 1) of an episode's frames: uint8 pixels (V, 3, S, S) and their
-    cameras (V, 5). EpisodeError if one of these views is damaged."""
-    indices = (fractions * len(episode.frames)).long().clamp(max=len(episode.frames) - 1)
-    return decode_pixels(episode, indices.tolist(), img_size), torch.as_tensor(episode.cameras)[indices]
+    """The planned views of an episode (``view_indices`` of ``fractions`` in [0, 1)): uint8 pixels
+    (V, 3, S, S) and their cameras (V, 5). EpisodeError if one of these views is damaged."""
+    indices = view_indices(fractions.tolist(), len(episode.frames))
+    return decode_pixels(episode, indices, img_size), torch.as_tensor(episode.cameras)[indices]
 
 
 def build_hotels(plan: StepPlan, views, raw: bool = False) -> HotelBatch:
