@@ -1,10 +1,14 @@
 """Training that survives: SIGTERM mid-run, corrupt newest checkpoint, full disk, NaN losses, damaged episodes.
 (Fuzzing of the episode and TFRecord readers lives with the data layer's tests.)"""
+import fcntl
 import os
+import pty
 import re
 import resource
 import signal
+import struct
 import subprocess
+import termios
 import threading
 import time
 
@@ -35,10 +39,22 @@ def truncated_copy(source, target, keep=0.5):
 @requires_shared
 def test_sigterm_mid_run_saves_and_auto_resume_continues(scratch, one_thread, capsys):
     argv = tiny(scratch, "--workers", 1, steps=1000)
-    process = subprocess.Popen([python(), SCRIPT, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    # stderr is a terminal, as for a user at one: the bar is redrawn at every step (into a pipe, once a minute).
+    terminal, stderr_end = pty.openpty()
+    fcntl.ioctl(stderr_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 200, 0, 0))  # 0 columns: an empty bar
+    process = subprocess.Popen([python(), SCRIPT, *argv], stdout=subprocess.DEVNULL, stderr=stderr_end,
                                env=subprocess_env())
+    os.close(stderr_end)
     stderr = []
-    reader = threading.Thread(target=lambda: stderr.extend(iter(lambda: process.stderr.read(1), b"")), daemon=True)
+
+    def read():
+        try:
+            while chunk := os.read(terminal, 4096):
+                stderr.append(chunk)
+        except OSError:  # the process closed its end
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     deadline = time.monotonic() + 240
     while not re.search(rb"\b[1-9]\d*/1000\b", b"".join(stderr)):  # the bar shows a finished step
