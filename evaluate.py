@@ -457,9 +457,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", type=command.torch_device, default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     args.grids = list(dict.fromkeys(args.grids))  # each size once: a repeated one would be two rows of one result
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        parser.error(f"--out {args.out} is a file, not a directory")
-    if blocker := command.file_in_the_way(args.out):
+    if blocker := command.file_in_the_way(Path(args.out) / "metrics.csv"):  # --out itself, or a folder above it
         parser.error(f"--out {args.out}: {blocker} is a file, not a directory")
     return args
 
