@@ -6,6 +6,7 @@ no ``module.`` or compile prefixes), ``optimizer_state_dict``, ``scheduler_state
 (``vars()`` of the training command line) and RNG states. Checkpoints of the original
 implementation hold only ``epoch`` and ``model_state_dict`` (keys possibly prefixed ``module.``).
 """
+import re
 import warnings
 from pathlib import Path
 
@@ -78,11 +79,12 @@ def load_checkpoint(path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a pickle torch did not write: the error below says so, in one line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - weights_only parsing of arbitrary bytes fails in many ways
         # (UnpicklingError, RuntimeError, EOFError, BadZipFile, but also IndexError, KeyError, ...)
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
-                              f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        raise CheckpointError(_unreadable(path, error)) from None
     if not isinstance(payload, dict) or "model_state_dict" not in payload:
         raise CheckpointError(f"{path} is not a checkpoint: no model_state_dict in it")
     weights = payload["model_state_dict"]
@@ -95,6 +97,31 @@ def load_checkpoint(path) -> dict:
     if "args" in payload and payload.get("format", 1) < FORMAT:
         _reorder_r(payload)
     return payload
+
+
+# What torch's weights-only unpickler says when it refuses a file for what it holds (a class, a function, a
+# TorchScript archive, ...) rather than for bytes it cannot parse.
+_REFUSED = re.compile(r"GLOBAL (\S+)|unrecognized function|Can only (?:create new object|build)|persistent_load"
+                      r"|must be imported to load|TorchScript|legacy \.tar")
+# Lines of torch's message that are advice, not diagnosis: above all its suggestion to retry with
+# weights_only=False, which would run whatever the file holds and is no cure for a damaged file.
+_ADVICE = re.compile(r"weights.only|arbitrary code|trusted source|documentation of torch\.load|file an issue",
+                     re.IGNORECASE)
+
+
+def _unreadable(path, error: Exception) -> str:
+    """The one-line reason a file did not load as a checkpoint, without torch's advice to load it unsafely."""
+    text = str(error)
+    refused = _REFUSED.search(text)
+    if refused:
+        what = f" ({refused.group(1).rstrip('.')})" if refused.group(1) else ""
+        return (f"{path} is not a readable checkpoint: it holds objects other than plain tensors and numbers{what}, "
+                "refused for safety (nothing in it was run)")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not _ADVICE.search(line)]
+    detail = type(error).__name__
+    if lines:  # the first sentence of torch's diagnosis, e.g. "... failed finding central directory"
+        detail += ": " + re.split(r"(?<=\w)\. ", lines[0], maxsplit=1)[0].rstrip(".")
+    return f"{path} is not a readable checkpoint: the file is damaged (truncated or corrupt) or not a checkpoint ({detail})"
 
 
 # 2: r in the original implementation's channel order. This project's checkpoints written before it (format 1:
