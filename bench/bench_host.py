@@ -1,7 +1,7 @@
 """Does the training loader slow the training process's host? A stand-in for a host-bound training loop,
 timed with and without the loader running beside it.
 
-On a GPU the eager training step is host-bound (bench/gpu_runs/2026-11-26-h200.md, run 5): its pace is
+On a GPU the eager training step is host-bound (docs/benchmarks.md): its pace is
 the rate at which the host launches kernels, and that rate fell by about a quarter with a DataLoader
 beside it. The stand-in loop: each iteration copies one training batch to the device
 (``HotelBatch.model_inputs``) and then makes ``--ops`` one-element kernel launches (an eager bf16 step at

@@ -267,7 +267,7 @@ def _array_value(obj, path: str, what: str):
 # unpickler decides, so its refusals and errors are unchanged. A frame's payload is converted (UTF-8 ->
 # latin-1 bytes, exactly as unpickling would) only when the frame is used (_LazyFrames): a sample uses
 # 9 of 300 frames, and checking all 300 cost twice the rest of a sample's loading and decoding
-# (bench/cpu_runs). So a payload that unpickling would refuse (not UTF-8, or a code point above 255)
+# (docs/benchmarks.md). So a payload that unpickling would refuse (not UTF-8, or a code point above 255)
 # raises EpisodeError when its frame is used, as an undecodable JPEG does, and the training loader
 # replaces that episode (utils.hotel.HotelSteps).
 _UTF8_SOI = "\xff\xd8".encode("utf-8")  # a JPEG's first two bytes as the pickle's text holds them
