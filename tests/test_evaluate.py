@@ -100,7 +100,58 @@ def test_pose_distance_weighs_position_and_wrapped_yaw():
         0.5 + evaluate.YAW_WEIGHT * math.pi / 2, abs=1e-5)
 
 
+def test_the_dataset_mean_leaves_out_the_querys_own_episode():
+    means = torch.rand(4, 3, 2, 2, dtype=torch.float64)
+    answer = evaluate.dataset_mean_view(torch.tensor([2, 0, 2]), means)
+    assert answer.shape == (3, 3, 2, 2) and answer.dtype == torch.float32
+    assert torch.allclose(answer[0], means[[0, 1, 3]].mean(0).float())
+    assert torch.allclose(answer[1], means[[1, 2, 3]].mean(0).float())
+    load = evaluate.EpisodeCache(SAMPLES)
+    frames = load.mean_frames(16)
+    assert frames.shape == (len(load), 3, 16, 16) and 0 < frames.min() and frames.max() < 1
+
+
 # ---- inputs ----------------------------------------------------------------------------------------
+def test_query_hotels_are_drawn_from_all_test_episodes():
+    plans = evaluate.evaluation_plans(seed=0, hotels=4, n_episodes=60, grid=5, context_views=8)
+    hotels = [frozenset(plan.episodes[0].tolist()) for plan in plans]
+    assert all(len(hotel) == 25 for hotel in hotels) and len(set(hotels)) == 4
+    assert max(max(hotel) for hotel in hotels) >= 25
+
+
+@pytest.mark.parametrize("grid", [1, 2, 4, 5])
+def test_the_context_swap_changes_only_the_context_frames_and_no_maze_keeps_its_own(grid):
+    load = evaluate.EpisodeCache(SAMPLES)  # 25 episodes: enough to spare for 1x1 to 3x3 hotels, not for 4x4, 5x5
+    n, mazes = len(load), grid * grid
+    plans = evaluate.evaluation_plans(seed=1, hotels=3, n_episodes=n, grid=grid, context_views=4)
+    donors = [evaluate.context_swap(plan, n, seed=i) for i, plan in enumerate(plans)]
+    again = [evaluate.context_swap(plan, n, seed=i) for i, plan in enumerate(plans)]
+    assert all(torch.equal(d.episodes, a.episodes) for d, a in zip(donors, again)), "seeded"
+    plan, donor = evaluate.merged(plans), evaluate.merged(donors)
+    # The swap's plan: the same grid, view fractions and hotel positions, another episode for every maze.
+    assert donor.grid == plan.grid and torch.equal(donor.views, plan.views) and torch.equal(donor.origin, plan.origin)
+    assert (donor.episodes != plan.episodes).all()
+    assert all(len(set(hotel.tolist())) == mazes for hotel in donor.episodes), "distinct donors in a hotel"
+    # Donors from outside the hotel while there are episodes to spare (n >= 2 k^2), else as few inside as can be.
+    inside = evaluate.donors_in_hotel(plan, donor)
+    assert inside.float().mean().item() == pytest.approx(max(0, 2 * mazes - n) / mazes)
+
+    batch = build_hotels(plan, load.views(16))
+    swapped = evaluate.swap_contexts(batch, build_hotels(donor, load.views(16)))
+    assert swapped.grid == batch.grid and torch.equal(swapped.origin, batch.origin)
+    for name in ("context_poses", "query_frames", "query_poses"):
+        assert torch.equal(getattr(swapped, name), getattr(batch, name)), name
+    assert swapped.context_frames.shape == batch.context_frames.shape
+    own = batch.context_frames.unflatten(1, (mazes, -1)).flatten(-3)  # (N, M, C, pixels)
+    other = swapped.context_frames.unflatten(1, (mazes, -1)).flatten(-3)
+    query = batch.query_frames.flatten(-3)  # (N, M, pixels)
+    # No maze keeps any of its own views: no swapped view equals one of its context views or its query.
+    assert not (own[:, :, :, None] == other[:, :, None]).all(-1).any()
+    assert not (other == query[:, :, None]).all(-1).any()
+    with pytest.raises(ValueError):
+        evaluate.swap_contexts(batch, build_hotels(evaluate.with_context_views(donor, 2), load.views(16)))
+
+
 @requires_shared
 def test_models_with_fewer_context_views_see_the_same_queries_and_a_subset_of_the_contexts():
     load = evaluate.EpisodeCache(MAZES)
@@ -125,8 +176,9 @@ def test_evaluation_is_finite_consistent_reproducible_and_writes_its_reports(che
                                 "--batch_size", "1", "--out", str(tmp_path / "eval"), "--device", "cpu"])
     rows = evaluate.main(args)
     labels = {row["model"] for row in rows}
-    assert labels == {"GEN (gen.pt)", "GQN (gqn.pt)", "GEN (gen.pt) #2", evaluate.NEAREST, evaluate.MEAN}
-    assert len(rows) == 2 * 5
+    assert labels == {"GEN (gen.pt)", "GQN (gqn.pt)", "GEN (gen.pt) #2", evaluate.NEAREST, evaluate.MEAN,
+                      evaluate.DATASET_MEAN}
+    assert len(rows) == 2 * 6
     for row in rows:
         assert row["queries"] == row["grid"] ** 2 and row["hotels"] == 1
         assert 0 < row["mse"] < 1 and math.isfinite(row["ssim"])
@@ -140,7 +192,7 @@ def test_evaluation_is_finite_consistent_reproducible_and_writes_its_reports(che
         at_grid = [row for row in rows if row["grid"] == grid]
         assert len({row["inputs"] for row in at_grid}) == 1, "every model must see identical inputs"
         first, repeat = (next(r for r in at_grid if r["model"] == label) for label in ("GEN (gen.pt)", "GEN (gen.pt) #2"))
-        metrics = ("neg_elbo", "kl", "mse", "ssim", "rec_mse")
+        metrics = ("neg_elbo", "kl", "mse", "ssim", "rec_mse", "swap_psnr", "context_gain_db", "psnr_lo")
         assert {k: first[k] for k in metrics} == {k: repeat[k] for k in metrics}, "seeded samples must repeat"
     assert rows[0]["inputs"] != rows[-1]["inputs"]
 
@@ -160,6 +212,71 @@ def evaluation(*checkpoints, out, grids=("1",)):
     argv = [a for path in checkpoints for a in ("--saved_model", str(path))]
     return evaluate.parse_args(argv + ["--test_data_dir", str(SAMPLES), "--grids", *grids, "--episodes", "2",
                                        "--batch_size", "1", "--out", str(out), "--device", "cpu"])
+
+
+OLD_COLUMNS = ("model", "grid", "hotels", "queries", "img_size", "context_views", "sigma", "neg_elbo", "bits_per_dim",
+               "kl", "mse", "psnr", "ssim", "rec_mse", "rec_psnr", "rec_ssim", "seconds", "steps", "train_grids",
+               "inputs")
+
+
+def test_queries_gives_exactly_n_queries_per_grid_with_intervals_and_context_gains(checkpoints, tmp_path, capsys):
+    gen, gqn = checkpoints
+    out = tmp_path / "eval"
+    rows = evaluate.main(evaluate.parse_args(
+        ["--saved_model", str(gen), "--saved_model", str(gqn), "--saved_model", str(gen), "--test_data_dir",
+         str(SAMPLES), "--grids", "1", "2", "3", "--queries", "5", "--batch_size", "2", "--out", str(out),
+         "--device", "cpu"]))
+    assert len(rows) == 3 * 6
+    # 5 queries from 5 1x1 hotels, 2 2x2 hotels (8 mazes) and one 3x3 hotel (9 mazes)
+    assert {(row["grid"], row["hotels"]) for row in rows} == {(1, 5), (2, 2), (3, 1)}
+    assert all(row["queries"] == 5 for row in rows)
+    for grid in (1, 2, 3):
+        at_grid = {row["model"]: row for row in rows if row["grid"] == grid}
+        assert len({row["inputs"] for row in at_grid.values()}) == 1
+        first, repeat = at_grid["GEN (gen.pt)"], at_grid["GEN (gen.pt) #2"]
+        assert {k: v for k, v in first.items() if k not in ("model", "seconds")} == \
+            {k: v for k, v in repeat.items() if k not in ("model", "seconds")}, "the same inputs and prior samples"
+        for row in at_grid.values():
+            assert row["psnr_lo"] <= row["psnr"] <= row["psnr_hi"]
+            assert row["context_gain_lo"] <= row["context_gain_db"] <= row["context_gain_hi"]
+            assert row["context_gain_db"] == pytest.approx(row["psnr"] - row["swap_psnr"])
+        # No context, no gain; copying the context views needs them.
+        dataset_mean = at_grid[evaluate.DATASET_MEAN]
+        assert dataset_mean["context_gain_db"] == dataset_mean["context_gain_lo"] == dataset_mean["context_gain_hi"] == 0
+        assert at_grid[evaluate.NEAREST]["context_gain_db"] != 0 and at_grid[evaluate.MEAN]["context_gain_db"] != 0
+
+    with open(out / "metrics.csv") as file:
+        table = list(csv.DictReader(file))
+    assert tuple(table[0])[:len(OLD_COLUMNS)] == OLD_COLUMNS, "existing columns keep their names and places"
+    assert {"psnr_lo", "psnr_hi", "context_gain_db", "context_gain_lo", "context_gain_hi"} <= set(table[0])
+    assert [row["queries"] for row in table] == ["5"] * len(rows)
+    markdown = (out / "metrics.md").read_text()
+    gain, psnr = markdown.index("## Context gain"), markdown.index("## PSNR of generated views")
+    assert gain < psnr < markdown.index("## SSIM"), "the context gain leads, then PSNR"
+    assert "| grid | GEN (gen.pt) | GQN (gqn.pt) | GEN (gen.pt) #2 | nearest context view | mean image | dataset mean |" \
+        in markdown[gain:psnr]
+    first = rows[0]  # GEN on 1x1 hotels
+    shown = evaluate.interval(first["context_gain_db"], first["context_gain_lo"], first["context_gain_hi"], signed=True)
+    assert f"| 1x1 | {shown} |" in markdown[gain:psnr]
+
+
+def test_a_model_that_ignores_its_context_views_gains_exactly_nothing(checkpoints, tmp_path, monkeypatch, capsys):
+    load_candidate = evaluate.load_candidate
+
+    def blind(path, device, sigma=None):
+        candidate = load_candidate(path, device, sigma)
+        represent = candidate.model.represent
+        candidate.model.represent = lambda frames, *rest: represent(torch.zeros_like(frames), *rest)
+        return candidate
+
+    monkeypatch.setattr(evaluate, "load_candidate", blind)
+    rows = evaluate.main(evaluate.parse_args(["--saved_model", str(checkpoints[1]), "--test_data_dir", str(SAMPLES),
+                                              "--grids", "1", "2", "--queries", "4", "--out", str(tmp_path),
+                                              "--device", "cpu"]))
+    for row in rows:
+        if row["model"] in ("GQN (gqn.pt)", evaluate.DATASET_MEAN):
+            assert row["swap_psnr"] == row["psnr"]
+            assert (row["context_gain_db"], row["context_gain_lo"], row["context_gain_hi"]) == (0, 0, 0)
 
 
 def test_a_models_scores_do_not_depend_on_the_other_checkpoints_evaluated(checkpoints, tmp_path, capsys):
@@ -194,7 +311,7 @@ def test_a_grid_size_given_twice_is_evaluated_once(checkpoints, tmp_path, capsys
     rows = evaluate.main(evaluate.parse_args(["--saved_model", str(checkpoints[0]), "--test_data_dir", str(SAMPLES),
                                               "--grids", "1", "1", "--episodes", "1", "--out", str(tmp_path),
                                               "--device", "cpu"]))
-    assert sorted(row["grid"] for row in rows) == [1, 1, 1], "the model and the two references, once each"
+    assert sorted(row["grid"] for row in rows) == [1, 1, 1, 1], "the model and the three references, once each"
     assert (tmp_path / "metrics.png").is_file()
 
 def test_the_csv_keeps_eight_significant_digits_of_large_values():
@@ -228,6 +345,19 @@ def test_missing_or_bad_checkpoints_and_data_give_one_line_errors(checkpoints, t
     assert code == 2 and "grid 6x6 is too big for the world (5x5 mazes)" in err and "\n" not in err
 
 
+def test_queries_and_episodes_exclude_each_other_and_one_episode_is_too_few(checkpoints, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.parse_args(["--saved_model", str(checkpoints[0]), "--test_data_dir", str(SAMPLES), "--out", "o",
+                             "--queries", "5", "--episodes", "2"])
+    assert exit_.value.code == 2 and "not allowed with argument" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert evaluate.parse_args(["--saved_model", "c", "--test_data_dir", "d", "--out", "o"]).queries == 400
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "maze-0000.pt").write_bytes((SAMPLES / "maze-0000.pt").read_bytes())
+    code, err = run_cli(capsys, "--saved_model", str(checkpoints[0]), "--test_data_dir", str(tmp_path / "one"),
+                        "--grids", "1")
+    assert code == 2 and "holds 1 episode; the evaluation needs at least 2" in err and "\n" not in err
+
+
 def test_too_many_mazes_for_the_episodes_in_the_directory(checkpoints, tmp_path, capsys):
     import shutil
 
@@ -243,6 +373,7 @@ def test_too_many_mazes_for_the_episodes_in_the_directory(checkpoints, tmp_path,
 @pytest.mark.parametrize("flag, value, message", [
     ("--sigma", "0", "expected float > 0"), ("--sigma", "nan", "expected float > 0"),
     ("--batch_size", "0", "expected int > 0"), ("--episodes", "-1", "expected int > 0"),
+    ("--queries", "0", "expected int > 0"),
     ("--seed", "99999999999999999999", "expected int >= 0 and <= 2147483647"),
     ("--device", "foo", "expected a device such as cpu, cuda or cuda:0"),
 ])

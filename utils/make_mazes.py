@@ -2,6 +2,7 @@
 
     python utils/make_mazes.py --out data_samples --train 16 --test 25 --seed 0
     python -m utils.make_mazes --out data_samples --train 16 --test 25 --seed 0
+    python utils/make_mazes.py --out more_mazes --train 0 --test 400 --workers 8 --contact-sheet ''
 
 Each episode is one random maze seen from 300 first-person views, written with
 `utils.dataset.save_episode` as `OUT/{train,test}/maze-NNNN.pt` (84x84 RGB JPEG bytes + float32 cameras
@@ -46,11 +47,13 @@ and then (1.5 % per cell), to turn into a side way.
 Rendering is a vectorised numpy ray caster over all views at once: walls by DDA per image column,
 floor by casting every pixel below the wall onto the ground plane, textures mip-mapped.
 Deterministic: an episode is a pure function of (seed, split, index) through numpy's SeedSequence,
-so the same command writes the same bytes (on the same numpy/Pillow build).
+so the same command writes the same bytes (on the same numpy/Pillow build), with any number of
+`--workers` (processes that each build and write whole episodes; tested).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import math
 import os
@@ -600,25 +603,34 @@ def make_episode(rng: np.random.Generator, n_views: int = N_VIEWS,
     return maze, frames, cameras
 
 
-def write_split(out: str, split: str, count: int, seed: int, n_views: int = N_VIEWS,
-                quality: int = JPEG_QUALITY, keep: int = 0):
-    """Write `count` episodes to OUT/SPLIT/maze-NNNN.pt (+ .map.png). Returns the episode paths and,
-    for the first `keep` episodes, (frames, map image) for a contact sheet."""
+def write_episode(folder: str, split: str, index: int, seed: int, n_views: int, quality: int, keep: bool):
+    """Build episode `index` of a split and write it and its map; returns its path and, with `keep`,
+    (frames, map image) for the contact sheet. A pure function of its arguments, so any process may run it."""
     from utils.dataset import save_episode
 
+    maze, frames, cameras = make_episode(episode_rng(seed, split, index), n_views, quality)
+    path = os.path.join(folder, f"maze-{index:04d}.pt")
+    save_episode(path, frames, cameras)
+    image = maze_map(maze)
+    image.save(os.path.join(folder, f"maze-{index:04d}.map.png"))
+    return path, ((frames, image) if keep else None)
+
+
+def write_split(out: str, split: str, count: int, seed: int, n_views: int = N_VIEWS,
+                quality: int = JPEG_QUALITY, keep: int = 0, pool=None):
+    """Write `count` episodes to OUT/SPLIT/maze-NNNN.pt (+ .map.png), in `pool` (a process pool's
+    executor) when given. Returns the episode paths and, for the first `keep` episodes, (frames, map image)
+    for a contact sheet."""
     folder = os.path.join(out, split)
     os.makedirs(folder, exist_ok=True)
-    paths, kept = [], []
-    for i in range(count):
-        maze, frames, cameras = make_episode(episode_rng(seed, split, i), n_views, quality)
-        path = os.path.join(folder, f"maze-{i:04d}.pt")
-        save_episode(path, frames, cameras)
-        image = maze_map(maze)
-        image.save(os.path.join(folder, f"maze-{i:04d}.map.png"))
-        paths.append(path)
-        if i < keep:
-            kept.append((frames, image))
-    return paths, kept
+    jobs = [(folder, split, i, seed, n_views, quality, i < keep) for i in range(count)]
+    if pool is None:
+        results = [write_episode(*job) for job in jobs]
+    else:
+        # Results come back in episode order whichever worker finishes first; an error in a worker (a full
+        # disk) is raised here, as the same exception.
+        results = list(pool.map(write_episode, *zip(*jobs))) if jobs else []
+    return [path for path, _ in results], [sheet for _, sheet in results if sheet is not None]
 
 
 def contact_sheet(episodes: list[tuple[list[bytes], Image.Image]], views: int = 8,
@@ -669,6 +681,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--views", type=command.number(int, 1, low_ok=True), default=N_VIEWS, help="views per episode")
     p.add_argument("--quality", type=command.number(int, 0, low_ok=True, high=100), default=JPEG_QUALITY,
                    help="JPEG quality, 0 to 100")
+    p.add_argument("--workers", type=command.number(int, 0), default=1,
+                   help="processes building episodes in parallel (the files are the same bytes with any number)")
     p.add_argument("--contact-sheet", default="contact_sheet.png",
                    help="image file name (inside --out; the format follows its extension) of a sheet of the "
                         "first 4 training episodes; '' for none")
@@ -687,12 +701,18 @@ def main(args: argparse.Namespace) -> None:
     check_no_episodes(args.out)  # before writing anything
     start = time.perf_counter()
     n, sheet_rows = 0, []
-    for split in SPLITS:
-        keep = 4 if split == "train" and args.contact_sheet else 0
-        paths, kept = write_split(args.out, split, getattr(args, split), args.seed, args.views,
-                                  args.quality, keep)
-        n += len(paths)
-        sheet_rows += kept
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if args.workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=args.workers))
+        for split in SPLITS:
+            keep = 4 if split == "train" and args.contact_sheet else 0  # '' asks for no sheet
+            paths, kept = write_split(args.out, split, getattr(args, split), args.seed, args.views,
+                                      args.quality, keep, pool)
+            n += len(paths)
+            sheet_rows += kept
     took = time.perf_counter() - start
     if sheet_rows:
         contact_sheet(sheet_rows).save(os.path.join(args.out, args.contact_sheet))
