@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from models.scene import IMAGE_SIZES, ModelConfig, SceneModel
 from utils import distributed, optimizer, schedules, summaries
+from utils.diagnostics import DEAD_WARNING, composer_grad_norm, memory_diagnostics
 from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model_state
 from utils.checkpoint_dir import CheckpointDir
 from utils.command import number
@@ -108,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     model.add_argument("--baseline", action="store_true", help="GQN baseline (summed representation) instead of GEN")
     model.add_argument("--layers", type=positive, default=8, help="DRAW layers (GQN paper: 12)")
+    model.add_argument("--memory_norm", action=argparse.BooleanOptionalAction, default=True,
+                       help="layer-normalise the composer's memory where it is read (no parameters); "
+                            "--no-memory_norm: the original implementation's composer, whose memory explodes "
+                            "and stops being read within the first steps (used for original checkpoints)")
 
     train = p.add_argument_group("training")
     train.add_argument("--steps", type=positive, default=schedules.LR_STEPS,
@@ -216,7 +221,7 @@ def plain(value):
 # (a checkpoint trained on into another run folder) may change them too, except those that shape the weights.
 SHAPE_FLAGS = ("baseline", "img_size")
 LR_FLAGS = ("lr", "lr_final", "lr_steps")
-RUN_FLAGS = SHAPE_FLAGS + ("layers", "raw_poses", "batch_size", "context_views", "train_grids", "seed", *LR_FLAGS,
+RUN_FLAGS = SHAPE_FLAGS + ("layers", "memory_norm", "raw_poses", "batch_size", "context_views", "train_grids", "seed", *LR_FLAGS,
                            "sigma", "sigma_final", "sigma_steps")
 
 
@@ -303,6 +308,7 @@ class StepStats(NamedTuple):
     bad_files: float  # damaged episodes this step met that the run did not know of
     stop: float  # ranks asked to stop
     own_loss: float  # rank 0's own loss (the other ranks add 0)
+    composer_grad_norm: float
 
 
 @dataclass
@@ -363,6 +369,7 @@ class Trainer:
         self.lr_scale = 1.0  # halved at each recovery from a numerical blow-up
         self.skipped_steps = 0
         self.bad_run = 0  # non-finite steps in a row
+        self.dead_steps = 0  # steps in a row whose composer got no gradient
         self.bad_files = set()  # damaged episodes met by any rank: the same set on every rank, so they agree
         self.named = set()  # those this process has warned about
         self.resume()
@@ -415,6 +422,10 @@ class Trainer:
                                 f"another --log_dir")
         if changed:
             say(f"warning: training on from {path} with flags its run did not use: {', '.join(changed.values())}")
+        if "args" not in checkpoint and args.memory_norm:  # the original implementation's own checkpoint
+            say(f"warning: {path} is an original-implementation checkpoint: training on with its composer "
+                f"(--no-memory_norm)")
+            args.memory_norm = self.model.composer.memory_norm = False
         load_model_state(self.model, checkpoint["model_state_dict"], path)
         self.step = int(checkpoint.get("epoch", 0))
         if "optimizer_state_dict" not in checkpoint:
@@ -537,7 +548,8 @@ class Trainer:
             loss=loss, kl=losses.kl.detach().float().mean(), grad_norm=grad_norm.to(device),
             bad_files=scalar(len(new_bad_files)), stop=scalar(stop.requested),
             # Rank 0's own loss (the others add 0) for train/loss_{k}x{k}, logged for rank 0's grid.
-            own_loss=loss * float(runtime.is_main))).float()
+            own_loss=loss * float(runtime.is_main),
+            composer_grad_norm=composer_grad_norm(self.model).to(device))).float()
         # Every rank must agree on the step's outcome: everything is summed over the ranks.
         stats = distributed.reduce_sum(stats, runtime)
         summed = StepStats(*stats.unbind())  # views: no copy, no sync
@@ -564,6 +576,10 @@ class Trainer:
                 if len(self.bad_files) > args.max_bad_files * self.n_episodes:
                     calls["bad_files"] = len(self.bad_files)
             self.log_step(writer, record, stats, finite)
+            self.dead_steps = self.dead_steps + 1 if finite and stats.composer_grad_norm == 0 else 0
+            if self.dead_steps == args.log_interval and self.runtime.is_main:
+                note("warning: " + DEAD_WARNING.format(what=f"no gradient has reached the composer for "
+                                                            f"{self.dead_steps} steps"))
             bar.set_postfix(loss=f"{stats.loss / world:.1f}", grid=f"{record.grid}x{record.grid}", refresh=False)
             bar.update()
             if self.bad_run >= args.max_bad_steps:
@@ -602,8 +618,21 @@ class Trainer:
                 writer.add_scalar(f"test/loss_{k}x{k}", losses.loss.mean().item(), step)
                 writer.add_scalar(f"test/kl_{k}x{k}", losses.kl.mean().item(), step)
                 self.log_images(writer, f"images/test_{k}x{k}", batch)
+            self.log_memory(writer)
         finally:
             self.model.train()
+
+    def log_memory(self, writer):
+        """diag/*: the memory path's health on the test batch of the smallest test grid (most mazes)."""
+        batch = self.test_batches[min(self.test_batches)]
+        if batch.query_frames.shape[0] * batch.grid ** 2 < 2:
+            return  # one maze: no other maze's views to swap in
+        values = memory_diagnostics(self.model, batch.model_inputs(self.runtime.device), self.args.seed)
+        for name, value in values.items():
+            writer.add_scalar(f"diag/{name}", value, self.step)
+        if self.step and values["context_sensitivity"] == 0:
+            note("warning: " + DEAD_WARNING.format(what="the generated views do not change at all when the context "
+                                                        "views are another maze's"))
 
     def log_images(self, writer, tag, batch):
         inputs = batch.model_inputs(self.runtime.device)
@@ -718,6 +747,7 @@ class Trainer:
             writer.add_scalar("train/loss", stats.loss / world, step)  # means over the ranks
             writer.add_scalar("train/kl", stats.kl / world, step)
             writer.add_scalar("grad_norm", stats.grad_norm / world, step)
+            writer.add_scalar("diag/composer_grad_norm", stats.composer_grad_norm / world, step)
         writer.add_scalar("lr", record.lr, step)
         writer.add_scalar("sigma", record.sigma, step)
         writer.add_scalar("time_per_step", record.step_time, step)

@@ -70,10 +70,11 @@ class NaiveSceneModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.baseline:
-            composer = SummedComposer(cfg.embedding, cfg.baseline_pose_copies)
+            composer = SummedComposer(cfg.embedding, cfg.baseline_pose_copies, memory_norm=cfg.memory_norm)
         else:
             composer = NaiveGraphComposer(cfg.embedding, message_steps=cfg.message_steps,
-                                          copies=cfg.gen_pose_copies, max_grid=cfg.max_grid)
+                                          copies=cfg.gen_pose_copies, max_grid=cfg.max_grid,
+                                          memory_norm=cfg.memory_norm)
         core = CoreConfig(img_size=cfg.img_size, r_dim=composer.output_dim)
         self.config, self.cfg, self.layers = cfg, core, cfg.layers
         self.inference_core = NaiveInferenceCore(core)

@@ -5,7 +5,7 @@ its own position. Geometry lives in ``models/structure.py``; this module holds w
 import torch
 from torch import nn
 
-from models.gqn import POSE_DIM, Pool, pose_copies
+from models.gqn import POSE_DIM, Pool, normalized, pose_copies
 from models.structure import GridStructure
 
 POSITION_DIM = 2  # a node's state starts with its world (x, y)
@@ -24,11 +24,20 @@ class MLP(nn.Module):
 
 
 class GraphComposer(nn.Module):
-    """Context views -> one vector per query, through a k x k lattice of memory nodes."""
+    """Context views -> one vector per query, through a k x k lattice of memory nodes.
+
+    ``memory_norm`` (the default) layer-normalises the node memories wherever they are read: by the edge and
+    node networks in every message round, and by the queries. The residual sum itself stays unnormalised,
+    so what the views wrote reaches the read-out through an identity path. Without it (the original
+    implementation) each round feeds the raw memory back into the networks, a 9-fold product that Adam
+    inflates to ~1e11 within 20 steps, saturating the DRAW cores so that no gradient reaches the composer.
+    Normalisation has no parameters: checkpoints of either kind hold the same tensors.
+    """
 
     def __init__(self, embedding: int = 254, hidden: int = 512, message_steps: int = 9, copies: int = 8,
-                 max_grid: int = 5):
+                 max_grid: int = 5, memory_norm: bool = True):
         super().__init__()
+        self.memory_norm = memory_norm
         state = POSITION_DIM + embedding
         self.embedder = Pool(embedding)
         self.edge_module = MLP(2 * state, hidden, state)  # [source, sink] -> message
@@ -56,12 +65,12 @@ class GraphComposer(nn.Module):
         positions = structure.node_positions(origin)  # (N, nodes, 2)
         source, sink = structure.source, structure.sink
         for _ in range(self.message_steps):
-            state = torch.cat([positions, memory], dim=-1)  # (N, nodes, state)
+            state = torch.cat([positions, normalized(memory, self.memory_norm)], dim=-1)  # (N, nodes, state)
             messages = self.edge_module(torch.cat([state[:, source], state[:, sink]], dim=-1))  # (N, E, state)
             # In the messages' dtype: under bf16 autocast they are bf16 while positions keep state fp32.
             incoming = messages.new_zeros(state.shape).index_add_(1, sink, messages)  # (N, nodes, state)
             memory = memory + self.node_module(torch.cat([incoming, state], dim=-1))
-        state = torch.cat([positions, memory], dim=-1)
+        state = torch.cat([positions, normalized(memory, self.memory_norm)], dim=-1)
         read = structure.bilinear_weights(query_poses[..., :POSITION_DIM], origin)  # (N, Q, nodes)
         # The original's layout: the pose copies first, then the read state. Original checkpoints' upsample_r
         # weights expect it channel by channel.

@@ -48,6 +48,12 @@ class Pool(nn.Module):
         return F.relu(self.conv8(features)).mean(dim=(2, 3))  # (B, out_channels)
 
 
+def normalized(memory: torch.Tensor, enabled: bool = True) -> torch.Tensor:
+    """Layer normalisation without parameters over the last (embedding) dimension: zero mean, unit variance
+    per vector, so a memory read by the DRAW cores stays O(1) however many views were summed into it."""
+    return F.layer_norm(memory, memory.shape[-1:]) if enabled else memory
+
+
 def pose_copies(poses: torch.Tensor, copies: int) -> torch.Tensor:
     """Tile the 7-D pose ``copies`` times along the last dimension (the original gave it weight so)."""
     return poses.repeat(*([1] * (poses.dim() - 1)), copies)
@@ -58,11 +64,13 @@ class SummedComposer(nn.Module):
 
     r = [query x, y | pose copies | summed embedding], the original baseline's layout (its x, y mirror
     the GEN's read state, which starts with the position it was read at); ``origin`` and ``grid`` are
-    not used: one sum holds the whole hotel.
+    not used: one sum holds the whole hotel. ``memory_norm`` (the default) layer-normalises the sum, which
+    otherwise grows with the number of views and, under Adam, by orders of magnitude in the first steps.
     """
 
-    def __init__(self, embedding: int = 254, copies: int = 32):
+    def __init__(self, embedding: int = 254, copies: int = 32, memory_norm: bool = True):
         super().__init__()
+        self.memory_norm = memory_norm
         self.embedder = Pool(embedding)
         self.copies = copies
         self.output_dim = 2 + copies * POSE_DIM + embedding
@@ -70,7 +78,8 @@ class SummedComposer(nn.Module):
     def forward(self, context_frames, context_poses, query_poses, origin, grid: int):
         n, v = context_poses.shape[:2]
         embeddings = self.embedder(context_frames.flatten(0, 1), context_poses.flatten(0, 1)).view(n, v, -1)
-        summed = embeddings.sum(dim=1)[:, None, :].expand(-1, query_poses.shape[1], -1)  # (N, Q, embedding)
+        summed = normalized(embeddings.sum(dim=1), self.memory_norm)
+        summed = summed[:, None, :].expand(-1, query_poses.shape[1], -1)  # (N, Q, embedding)
         return torch.cat([query_poses[..., :2], pose_copies(query_poses, self.copies), summed], dim=-1)
 
 

@@ -25,6 +25,7 @@ class ModelConfig:
     message_steps: int = 9
     gen_pose_copies: int = 8
     baseline_pose_copies: int = 32
+    memory_norm: bool = True  # False: the original implementation's unnormalised memory (see models/gen.py)
 
     def __post_init__(self):
         if self.img_size not in IMAGE_SIZES:
@@ -36,17 +37,18 @@ class ModelConfig:
     def from_args(cls, args) -> "ModelConfig":
         """The model part of a training command line (an argparse namespace or its ``vars`` dict)."""
         values = args if isinstance(args, dict) else vars(args)
+        # Runs saved before memory_norm existed trained without it.
         return cls(img_size=values["img_size"], layers=values["layers"], baseline=values["baseline"],
-                   max_grid=values.get("max_grid", cls.max_grid))
+                   max_grid=values.get("max_grid", cls.max_grid), memory_norm=values.get("memory_norm", False))
 
 
 class SceneModel(Renderer):
     def __init__(self, cfg: ModelConfig):
         if cfg.baseline:
-            composer = SummedComposer(cfg.embedding, cfg.baseline_pose_copies)
+            composer = SummedComposer(cfg.embedding, cfg.baseline_pose_copies, memory_norm=cfg.memory_norm)
         else:
             composer = GraphComposer(cfg.embedding, message_steps=cfg.message_steps, copies=cfg.gen_pose_copies,
-                                     max_grid=cfg.max_grid)
+                                     max_grid=cfg.max_grid, memory_norm=cfg.memory_norm)
         super().__init__(CoreConfig(img_size=cfg.img_size, r_dim=composer.output_dim), cfg.layers)
         self.config = cfg
         self.composer = composer

@@ -96,6 +96,8 @@ def load_checkpoint(path) -> dict:
         raise CheckpointError(f"{path} is not a checkpoint: its args are not a dict")
     if "args" in payload and payload.get("format", 1) < FORMAT:
         _reorder_r(payload)
+    if "args" in payload:  # runs saved before --memory_norm existed trained the original composer
+        payload["args"].setdefault("memory_norm", False)
     return payload
 
 
