@@ -57,6 +57,10 @@ def note(message: str) -> None:
 # ----------------------------------------------------------------------------- command line
 
 class _Parser(argparse.ArgumentParser):
+    def convert_arg_line_to_args(self, line):
+        """Preset files (``@configs/NAME.args``): flags separated by spaces or lines, ``#`` starts a comment."""
+        return line.split("#", 1)[0].split()
+
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -87,8 +91,8 @@ def _workers(text):
 
 def build_parser() -> argparse.ArgumentParser:
     positive, count, rate = number(int, 0), number(int, 0, low_ok=True), number(float, 0)
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
-                formatter_class=_DefaultsShown)
+    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=_DefaultsShown,
+                fromfile_prefix_chars="@")
     data = p.add_argument_group("data")
     data.add_argument("--train_data_dir", default="data_samples/train", help="episodes (.pt / .pt.gz) to train on")
     data.add_argument("--test_data_dir", default="data_samples/test", help="episodes for the test losses and images")

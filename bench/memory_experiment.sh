@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# GEN vs GQN: does each model use what its context views say about each maze, on hotels of 1x1 .. 5x5
+# unseen mazes? Generates procedural mazes from SEED (2000 training, 300 test), trains a GEN and a GQN
+# baseline side by side with the same flags, seed and budget (configs/memory_experiment.args, one CPU
+# thread each), then scores both with evaluate.py on 400 queries per grid size: the context gain with its
+# paired 95% interval is the answer (docs/evaluation.md).
+#
+#   OUT=results/memory SEED=0 STEPS=1800 bash bench/memory_experiment.sh
+#   DATA=DIR ... bash bench/memory_experiment.sh     # use DIR/train and DIR/test instead of generating
+#
+# Writes OUT/metrics.csv, OUT/metrics.md, OUT/metrics.png and OUT/curves.png. Re-running resumes both
+# trainings (--saved_model auto). A run stopped early (SIGTERM) is evaluated at its last checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/memory}
+SEED=${SEED:-0}
+STEPS=${STEPS:-1800}
+QUERIES=${QUERIES:-400}
+DATA=${DATA:-$OUT/mazes}
+RUNS=$OUT/runs
+mkdir -p "$OUT"
+if [ ! -d "$DATA/train" ]; then
+    python3 -m utils.make_mazes --out "$DATA" --train 2000 --test 300 --seed "$SEED" --workers 2 --contact-sheet ''
+fi
+common=(@configs/memory_experiment.args --train_data_dir "$DATA/train" --test_data_dir "$DATA/test"
+        --steps "$STEPS" --seed "$SEED" --workers 0 --root_log_dir "$RUNS" --saved_model auto)
+OMP_NUM_THREADS=1 python3 train_scene_rendering.py "${common[@]}" >"$OUT/GEN.log" 2>&1 &
+gen=$!
+OMP_NUM_THREADS=1 python3 train_scene_rendering.py "${common[@]}" --baseline >"$OUT/GQN.log" 2>&1 &
+gqn=$!
+trap 'kill -TERM $gen $gqn 2>/dev/null' TERM INT
+wait $gen || true
+wait $gqn || true
+latest() { ls -t "$RUNS/$1/models/"checkpoint-*.pt | head -1; }
+python3 evaluate.py --saved_model "$(latest GEN)" --saved_model "$(latest GQN)" --test_data_dir "$DATA/test" \
+    --grids 1 2 3 4 5 --queries "$QUERIES" --seed "$SEED" --out "$OUT" >"$OUT/evaluate.log" 2>&1
+python3 bench/plot_curves.py "$RUNS/GEN/runs" "$RUNS/GQN/runs" --label GEN --label GQN --out "$OUT/curves.png"
+python3 -m bench.diag_table "$RUNS" GEN GQN --steps 1 100 500 1000 1500 2000 3000 >"$OUT/diagnostics.md"
+cat "$OUT/metrics.md"
