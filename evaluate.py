@@ -38,22 +38,20 @@ import hashlib
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from models.scene import SceneModel
 from utils import command
 from utils.atomic import atomic_path
 from utils.bootstrap import bootstrap_interval
-from utils.checkpoint import CheckpointError, model_from_checkpoint
+from utils.checkpoint import CheckpointError
 from utils.dataset import EpisodeError, decode_pixels, list_episodes, load_episode, to_unit
 from utils.hotel import MAX_SEED, WORLD_MAZES, HotelBatch, StepPlan, build_hotels, episode_views, plan_step
+from utils.trained_model import DEFAULT_SIGMA, Candidate, load_candidate
 
-DEFAULT_SIGMA = 0.7  # the pixel sigma at the end of the original schedule, for checkpoints without one
 YAW_WEIGHT = 0.5  # world units per radian in pose_distance: a 90 degree turn ~ 0.8 units ~ 3 maze squares
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. (2004)
 SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # (K * data range)^2 with data range 1
@@ -273,41 +271,7 @@ class EpisodeCache:
         return torch.stack(means)
 
 
-# ---- models ----------------------------------------------------------------------------------------
-@dataclass
-class Candidate:
-    label: str
-    model: SceneModel
-    img_size: int
-    context_views: int
-    raw_poses: bool
-    max_grid: int
-    sigma: float
-    steps: object = None  # training steps of the checkpoint ("epoch"), if saved
-    train_grids: tuple = ()  # grid sizes it was trained on, if saved
-
-
-def run_name(path) -> str:
-    """The checkpoint's file name, with its run folder for the training script's RUN/models/NAME.pt."""
-    path = Path(path)
-    return f"{path.parent.parent.name}/{path.name}" if path.parent.name == "models" else path.name
-
-
-def load_candidate(path, device, sigma=None) -> Candidate:
-    try:
-        model, checkpoint = model_from_checkpoint(path, device)
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, ValueError) as error:  # saved args that do not describe a model
-        raise CheckpointError(f"{path}: its saved args do not describe a model ({type(error).__name__}: "
-                              f"{error})") from None
-    args = checkpoint.get("args") or {}
-    kind = "GQN" if args.get("baseline", False) else "GEN"
-    return Candidate(label=f"{kind} ({run_name(path)})", model=model, img_size=model.config.img_size,
-                     context_views=int(args.get("context_views", 8)), raw_poses=bool(args.get("raw_poses", False)),
-                     max_grid=model.config.max_grid,
-                     sigma=float(sigma if sigma is not None else checkpoint.get("sigma", DEFAULT_SIGMA)),
-                     steps=checkpoint.get("epoch"), train_grids=tuple(args.get("train_grids") or ()))
+# ---- models: utils/trained_model.py ----------------------------------------------------------
 
 
 def unique_labels(candidates: Sequence[Candidate]) -> None:

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-import evaluate
 from models.structure import CELL, SPACING
 from utils import command
 from utils.atomic import atomic_path
 from utils.checkpoint import CheckpointError
 from utils.dataset import EPISODE_SUFFIXES, EpisodeError, decode_views, list_episodes, load_episode
 from utils.hotel import MAX_SEED, POSE_EXTENT, WORLD_MAZES, maze_cells, maze_to_world, world_poses
+from utils.trained_model import load_candidate
 
 ORIGIN = (-1.0, -1.0)  # the hotel's lower-left world corner (the first maze's cell starts there)
 GT_RADIUS = 0.01  # camera units (a tenth of a maze square): a view this close counts as "from here"
@@ -243,7 +243,7 @@ def make_tour(args) -> Tour:
     grid, mazes = args.grid, args.grid * args.grid
     if mazes > len(paths):
         raise TourError(f"a {grid}x{grid} hotel needs {mazes} distinct episodes but {args.data_dir} holds {len(paths)}")
-    candidate = evaluate.load_candidate(args.saved_model, "cpu")
+    candidate = load_candidate(args.saved_model, "cpu")
     model, raw, size, label = candidate.model, candidate.raw_poses, candidate.img_size, candidate.label
     if grid > candidate.max_grid:
         raise TourError(f"grid {grid}x{grid} is larger than this model's world ({candidate.max_grid} mazes a side)")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import evaluate
+from utils import trained_model
 from models.scene import ModelConfig, SceneModel
 from utils.checkpoint import FORMAT, save_checkpoint
 from tests.conftest import REPO_ROOT, SHARED, requires_shared
@@ -52,8 +53,8 @@ def test_ssim_is_one_for_identical_images_and_matches_the_closed_form_for_flat_i
 
 
 def test_model_labels_name_the_run_of_a_training_checkpoint():
-    assert evaluate.run_name("logs/GEN-long/models/checkpoint-final.pt") == "GEN-long/checkpoint-final.pt"
-    assert evaluate.run_name("ckpts/gen.pt") == "gen.pt"
+    assert trained_model.run_name("logs/GEN-long/models/checkpoint-final.pt") == "GEN-long/checkpoint-final.pt"
+    assert trained_model.run_name("ckpts/gen.pt") == "gen.pt"
 
 
 def test_psnr_of_an_mse():
@@ -261,7 +262,7 @@ def test_queries_gives_exactly_n_queries_per_grid_with_intervals_and_context_gai
 
 
 def test_a_model_that_ignores_its_context_views_gains_exactly_nothing(checkpoints, tmp_path, monkeypatch, capsys):
-    load_candidate = evaluate.load_candidate
+    load_candidate = trained_model.load_candidate
 
     def blind(path, device, sigma=None):
         candidate = load_candidate(path, device, sigma)
