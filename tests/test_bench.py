@@ -1,6 +1,7 @@
 """The benchmarks the README quotes still run and report what they promise (tiny configurations: the
 numbers themselves are measured on purpose-run machines, not here)."""
 import json
+import math
 import re
 
 import pytest
@@ -19,11 +20,33 @@ def test_bench_step_reports_time_speedup_and_flops(capsys):
     result = bench_step.main(args)
     assert result["step_s_median"] > 0 and result["samples_per_s"] == pytest.approx(2 / result["step_s_median"],
                                                                                      rel=1e-2)
-    assert result["speedup_vs_naive"] > 0
+    # At this size our step need not beat the naive one (few, small operations: overhead dominates); the
+    # speed-up itself is checked at a size where the README claims it, below.
+    assert math.isfinite(result["speedup_vs_naive"]) and result["speedup_vs_naive"] > 0
     assert 0 < result["gflop_per_step"] < result["naive_gflop_per_step"]  # the optimised model does less work
     assert result["aten_ops_fwd_bwd"] > 0
     assert "cpu_target" not in result  # only the issue's configuration is judged against the target
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("{")
+
+
+# The speed-up the benchmark exists to show (README: 3.4x at batch 4, L 8, 64 x 64) at a size a test can
+# afford: 64 x 64 images, where the naive model's transposed convolutions of r cost the most, with one maze and
+# two DRAW layers. Measured on the 2-core machine with other jobs running: 1.8x with one layer, 2.8-2.9x with
+# two. The bar of 1.5x is well under that and well over the 1.0 (within noise) of two equally fast models.
+SPEEDUP_CONFIG = ["--batch_size", "1", "--layers", "2", "--img_size", "64", "--context_views", "1", "--steps", "3",
+                  "--threads", "1"]
+MIN_SPEEDUP = 1.5
+
+
+def test_bench_step_shows_the_speedup_over_the_naive_step(capsys):
+    result = bench_step.main(bench_step.parse_args(SPEEDUP_CONFIG))
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["speedup_vs_naive"] == result["speedup_vs_naive"]
+    speedup = printed["speedup_vs_naive"]
+    assert isinstance(speedup, float) and math.isfinite(speedup), speedup
+    assert speedup > MIN_SPEEDUP, (speedup, result["steps_s"], result["naive_steps_s"])
+    # Step by step too (each of our steps against the naive one run beside it), not just the medians.
+    assert result["paired_ratio_median"] < 1 / MIN_SPEEDUP, result
 
 
 def test_the_op_counter_counts_each_aten_op_once_and_a_deeper_model_dispatches_more():
@@ -75,8 +98,16 @@ def test_bench_data_compares_with_the_decode_everything_path(capsys):
     args = bench_data.parse_args(["--data_dir", str(SAMPLES), "--rounds", "1", "--per_round", "2",
                                   "--img_size", "16"])
     assert bench_data.main(args) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert '"ratio"' in line
+    out = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(out[-1])
+    ratio, ours, reference = result["ratio"], result["samples_per_s"], result["reference_samples_per_s"]
+    assert all(isinstance(x, (int, float)) and math.isfinite(x) and x > 0 for x in (ratio, ours, reference)), result
+    assert ratio == pytest.approx(ours / reference, rel=0.01)
+    # Decoding the 9 views a sample uses instead of all 300 frames: faster by far more than noise (38-41x at
+    # 64 x 64 on the real episodes, README), whatever the machine's load.
+    assert ratio > 3, result
+    said = re.search(r"ratio ([0-9.]+)x$", out[-2])  # the human-readable line says the same
+    assert said and float(said.group(1)) == pytest.approx(ratio, abs=0.06), out[-2]
 
 
 def test_bench_data_on_a_damaged_episode_is_a_one_line_error(tmp_path, capsys):
@@ -124,12 +155,14 @@ def test_step_times_reads_medians_after_the_skipped_steps(tmp_path, capsys):
 
 
 def test_bench_loader_times_every_batch_it_counts(monkeypatch):
-    """Batches that each take 50 ms come out at 20 per second, not faster (the clock starts when the last
-    warm-up batch has arrived, so no counted batch was made before it)."""
-    import time
+    """Batches that each take 50 ms come out at exactly 20 per second, not faster (the clock starts when the
+    last warm-up batch has arrived, so no counted batch was made before it). The benchmark's clock is a fake
+    one that advances 50 ms per batch made: the result does not depend on how busy the machine is."""
     from types import SimpleNamespace
 
     import torch
+
+    clock = [100.0]
 
     class SlowSteps:
         paths = ["one.pt"]
@@ -138,15 +171,18 @@ def test_bench_loader_times_every_batch_it_counts(monkeypatch):
             pass
 
         def __getitem__(self, step):
-            time.sleep(0.05)
+            clock[0] += 0.05
             return SimpleNamespace(query_frames=torch.zeros(2, 2, 3, 4, 4))
 
+    monkeypatch.setattr(bench_loader, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     monkeypatch.setattr(bench_loader, "HotelSteps", SlowSteps)
     monkeypatch.setattr(bench_loader, "step_loader",
                         lambda steps, indices, workers, pin_memory: (steps[i] for i in indices))
-    result = bench_loader.main(bench_loader.parse_args(["--workers", "0", "--steps", "4", "--warmup", "1",
-                                                        "--grids", "1"]))
-    assert 15 < result["batches_per_s"] <= 20.5
+    for warmup in (1, 3):
+        result = bench_loader.main(bench_loader.parse_args(["--workers", "0", "--steps", "4", "--warmup",
+                                                            str(warmup), "--grids", "1"]))
+        assert result["batches_per_s"] == pytest.approx(20.0)
+        assert result["samples_per_s"] == pytest.approx(4 * 20.0)  # 2 hotels of 2 mazes a batch
 
 
 def test_profile_cli_profiles_only_the_steps_after_the_skipped_ones(tmp_path, capsys):

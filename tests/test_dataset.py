@@ -21,7 +21,7 @@ import torchvision.io
 from PIL import Image
 
 import utils.dataset as dataset
-from tests.conftest import REPO_ROOT, SHARED_MAZES, requires_shared
+from tests.conftest import REPO_ROOT
 from utils.dataset import (
     EPISODE_SUFFIXES,
     Episode,
@@ -37,8 +37,8 @@ from utils.dataset import (
 
 from utils.hotel import view_indices  # noqa: E402
 
-TRAIN = SHARED_MAZES / "train"
-MANIFEST = SHARED_MAZES / "tfrecord" / "0000-of-sample.manifest.json"
+# Tests of the real episodes take their folder from the real_mazes fixture (tests/conftest.py).
+MANIFEST = "tfrecord/0000-of-sample.manifest.json"  # in that folder
 INFO_KEYS = ["path", "frames", "height", "width", "x_range", "y_range", "yaw_range", "frames_sha256", "cameras_sha256"]
 
 
@@ -107,16 +107,14 @@ def test_list_episodes_missing_or_empty(tmp_path):
 
 
 # ---- the shared real episodes --------------------------------------------------------------------------
-@requires_shared
-def test_list_shared_train():
-    paths = list_episodes(TRAIN)
+def test_list_shared_train(real_mazes):
+    paths = list_episodes(real_mazes / "train")
     assert len(paths) == 31 and paths == sorted(paths) and all(p.suffix == ".pt" for p in paths)
 
 
-@requires_shared
-def test_load_shared_episode_values():
-    episode = load_episode(TRAIN / "0.pt")
-    assert isinstance(episode, Episode) and episode.path == str(TRAIN / "0.pt")
+def test_load_shared_episode_values(real_mazes):
+    episode = load_episode(real_mazes / "train" / "0.pt")
+    assert isinstance(episode, Episode) and episode.path == str(real_mazes / "train" / "0.pt")
     assert len(episode) == len(episode.frames) == 300
     assert all(isinstance(f, bytes) and f[:2] == b"\xff\xd8" for f in episode.frames)
     assert episode.cameras.shape == (300, 5) and episode.cameras.dtype == np.float32
@@ -125,21 +123,19 @@ def test_load_shared_episode_values():
     assert (z == 0).all() and (pitch == 0).all() and (np.abs(yaw) <= np.pi).all()
 
 
-@requires_shared
-def test_info_sha256_matches_manifest():
-    manifest = json.loads(MANIFEST.read_text())
+def test_info_sha256_matches_manifest(real_mazes):
+    manifest = json.loads((real_mazes / MANIFEST).read_text())
     for entry in manifest:
-        info = episode_info(TRAIN / entry["source"])
+        info = episode_info(real_mazes / "train" / entry["source"])
         assert list(info) == INFO_KEYS
         assert (info["frames"], info["height"], info["width"]) == (entry["n_frames"], 84, 84)
         assert info["frames_sha256"] == entry["frames_sha256"]
         assert info["cameras_sha256"] == entry["cameras_sha256"]
 
 
-@requires_shared
-def test_legacy_gzip_and_gzip_detected_by_magic(tmp_path):
-    raw = (TRAIN / "1.pt").read_bytes()
-    reference = load_episode(TRAIN / "1.pt")
+def test_legacy_gzip_and_gzip_detected_by_magic(real_mazes, tmp_path):
+    raw = (real_mazes / "train" / "1.pt").read_bytes()
+    reference = load_episode(real_mazes / "train" / "1.pt")
     for name in ["1.pt.gz", "misnamed.pt"]:  # gzip is recognised by its bytes, whatever the name
         (tmp_path / name).write_bytes(gzip.compress(raw))
         episode = load_episode(tmp_path / name)
@@ -157,13 +153,13 @@ def pickle_globals(data: bytes) -> set:
     return found
 
 
-@requires_shared
-def test_our_legacy_writer_matches_real_files(tmp_path, main_scene):
+def test_our_legacy_writer_matches_real_files(real_mazes, tmp_path, main_scene):
     """The test helper writes what the original tools wrote (so the synthetic cases below are realistic)."""
-    real = load_episode(TRAIN / "2.pt")
+    real = load_episode(real_mazes / "train" / "2.pt")
     copy = write_legacy(tmp_path / "2.pt", main_scene, real.frames, real.cameras[None])  # (1, 300, 5)
     expected = {"__main__ Scene", "numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype", "_codecs encode"}
-    assert pickle_globals((TRAIN / "2.pt").read_bytes()) == pickle_globals(copy.read_bytes()) == expected
+    real_globals = pickle_globals((real_mazes / "train" / "2.pt").read_bytes())
+    assert real_globals == pickle_globals(copy.read_bytes()) == expected
     again = load_episode(copy)
     assert again.frames == real.frames and np.array_equal(again.cameras, real.cameras)
 
@@ -175,10 +171,9 @@ def restricted_only(raw: bytes, path: str, monkeypatch):
         return dataset._read_legacy(raw, path)
 
 
-@requires_shared
-def test_legacy_fast_path_identical_to_restricted_unpickler(monkeypatch):
+def test_legacy_fast_path_identical_to_restricted_unpickler(real_mazes, monkeypatch):
     """Every shared file takes the fast path, with byte-identical frames and identical cameras."""
-    for path in list_episodes(TRAIN):
+    for path in list_episodes(real_mazes / "train"):
         raw = path.read_bytes()
         fast = dataset._read_legacy_fast(raw, str(path))
         assert fast is not None, f"{path} did not take the fast path"
@@ -196,12 +191,11 @@ def frame_text(raw: bytes, frame: int) -> int:
     return at + 7
 
 
-@requires_shared
 @pytest.mark.parametrize("change", ["refused global", "memo index", "cameras length", "cameras not latin-1"])
-def test_legacy_fast_path_leaves_anything_else_to_the_unpickler(tmp_path, monkeypatch, change):
+def test_legacy_fast_path_leaves_anything_else_to_the_unpickler(real_mazes, tmp_path, monkeypatch, change):
     """A file that differs from the original layout in any way is read (or refused) by the restricted
     unpickler exactly as without the fast path, with an error naming the file."""
-    raw = (TRAIN / "3.pt").read_bytes()
+    raw = (real_mazes / "train" / "3.pt").read_bytes()
     first = frame_text(raw, 0)
     cameras = raw.rindex(b"h\x04X") + 7  # the cameras' UTF-8 payload
     if change == "refused global":  # same layout, but the codec call is now os.system's
@@ -229,12 +223,11 @@ def test_legacy_fast_path_leaves_anything_else_to_the_unpickler(tmp_path, monkey
         assert "refused to load global posix.system" in str(err.value)
 
 
-@requires_shared
 @pytest.mark.parametrize("text", [b"\xc4\x80", b"\xc3\xc3"], ids=["code point 256", "not UTF-8"])
-def test_a_legacy_frame_whose_text_unpickling_refuses_is_refused_when_used(tmp_path, monkeypatch, text):
+def test_a_legacy_frame_whose_text_unpickling_refuses_is_refused_when_used(real_mazes, tmp_path, monkeypatch, text):
     """The fast path converts a frame only when it is used: a frame the unpickler would refuse raises
     EpisodeError naming the file and the frame then, and the other frames read as they always did."""
-    raw = (TRAIN / "3.pt").read_bytes()
+    raw = (real_mazes / "train" / "3.pt").read_bytes()
     at = frame_text(raw, 1) + 4  # after frame 1's JPEG start marker (4 bytes of text): a new character
     path = tmp_path / "changed.pt"
     path.write_bytes(raw[:at] + text + raw[at + 2:])
@@ -243,7 +236,7 @@ def test_a_legacy_frame_whose_text_unpickling_refuses_is_refused_when_used(tmp_p
         episode.frames[1]
     with pytest.raises(EpisodeError, match=rf"^{path}: frame 1: "):
         decode_views(episode, [0, 1], 16)
-    original = load_episode(TRAIN / "3.pt")
+    original = load_episode(real_mazes / "train" / "3.pt")
     assert episode.frames[0] == original.frames[0] and episode.frames[2:] == original.frames[2:]
     assert np.array_equal(episode.cameras, original.cameras)
     monkeypatch.setattr(dataset, "_read_legacy_fast", lambda raw, path: None)
@@ -416,9 +409,8 @@ def test_save_load_round_trip(tmp_path, name):
     assert record["cameras"].dtype == torch.float32 and record["cameras"].shape == (5, 5)
 
 
-@requires_shared
-def test_shared_episode_survives_our_format(tmp_path):
-    real = load_episode(TRAIN / "3.pt")
+def test_shared_episode_survives_our_format(real_mazes, tmp_path):
+    real = load_episode(real_mazes / "train" / "3.pt")
     save_episode(tmp_path / "3.pt.gz", real.frames, real.cameras)
     again = load_episode(tmp_path / "3.pt.gz")
     assert again.frames == real.frames and np.array_equal(again.cameras, real.cameras)
@@ -569,9 +561,8 @@ def test_every_tensor_of_a_training_batch_is_contiguous(grid):
             assert value.is_contiguous(), name
 
 
-@requires_shared
-def test_decode_shared_views_match_pil_resize():
-    episode = load_episode(TRAIN / "0.pt")
+def test_decode_shared_views_match_pil_resize(real_mazes):
+    episode = load_episode(real_mazes / "train" / "0.pt")
     ours = decode_views(episode, [7, 150], 64)
     pil = [np.asarray(Image.open(io.BytesIO(episode.frames[i])).convert("RGB").resize((64, 64), Image.BILINEAR))
            for i in [7, 150]]
@@ -612,9 +603,8 @@ def test_info_cli_json_text_and_errors(tmp_path, capsys):
 
 # ---- rewrite: legacy episodes into our format ---------------------------------------------------------
 
-@requires_shared
-def test_rewrite_keeps_every_byte_and_resumes(tmp_path, capsys):
-    sources = sorted((SHARED_MAZES / "train").glob("*.pt"))[:3]
+def test_rewrite_keeps_every_byte_and_resumes(real_mazes, tmp_path, capsys):
+    sources = sorted((real_mazes / "train").glob("*.pt"))[:3]
     src = tmp_path / "src"
     src.mkdir()
     for path in sources:
@@ -899,9 +889,8 @@ def test_a_frame_header_declaring_a_huge_image_is_refused_before_decoding(tmp_pa
     assert dataset._jpeg_size(jpeg(size=64)) == (64, 64)
 
 
-@requires_shared
-def test_every_real_and_sample_frame_passes_the_header_check():
-    paths = list_episodes(TRAIN)[:3] + list_episodes(REPO_ROOT / "data_samples" / "train")[:3]
+def test_every_real_and_sample_frame_passes_the_header_check(real_mazes):
+    paths = list_episodes(real_mazes / "train")[:3] + list_episodes(REPO_ROOT / "data_samples" / "train")[:3]
     assert {dataset._jpeg_size(f) for p in paths for f in load_episode(p).frames} == {(84, 84)}
 
 

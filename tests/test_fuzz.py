@@ -11,8 +11,10 @@ outcomes allowed are a correct read or the documented error naming the file:
   tf.train.Example -> ValueError("malformed tf.train.Example ..."), whose callers add file and record;
   its content -> EpisodeError naming file and record; otherwise JPEG frames with 5 cameras floats each.
 
-Any other exception fails the test (hypothesis then shrinks it to a minimal input); a read that takes more
-than ``TIME_LIMIT`` seconds fails as a hang. Runs in well under a minute on 2 CPU cores.
+Any other exception fails the test (hypothesis then shrinks it to a minimal input and prints it); a read
+that takes more than ``TIME_LIMIT`` seconds fails as a hang, and is reported like any other failure. The
+examples are derandomized: every run, on every machine, reads the same inputs, and a failure prints the
+falsifying example and the blob that reproduces it. Runs in well under a minute on 2 CPU cores.
 """
 
 import gzip
@@ -28,21 +30,24 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import utils.dataset as dataset
-from tests.conftest import SHARED_MAZES, requires_shared
 from tests.test_convert import example, field, tfrecord_bytes
 from tests.test_dataset import tiny_episode
 from utils.convert import episode_arrays
 from utils.dataset import Episode, EpisodeError, load_episode, save_episode
 from utils.tfrecord import TFRecordError, iter_records, masked_crc32c, parse_example
 
-TRAIN = SHARED_MAZES / "train"
-TFRECORD = SHARED_MAZES / "tfrecord" / "0000-of-sample.tfrecord"
-TIME_LIMIT = 20  # seconds for one read; a legacy episode takes ~10 ms, the shared TFRecord ~0.1 s
+LEGACY_EPISODE = "train/0.pt"  # in the real mazes' folder (the real_mazes fixture)
+TFRECORD = "tfrecord/0000-of-sample.tfrecord"
+# Seconds for one read: a hang guard, not a speed test (a legacy episode takes ~10 ms, the shared TFRecord
+# ~0.1 s, so a read past it is stuck, not slow).
+TIME_LIMIT = 20
 
 FUZZ = settings(
     max_examples=60,
     deadline=None,  # one example reads a 1.8 MB episode or a 3.5 MB TFRecord: timing varies on a shared machine
     database=None,  # no .hypothesis/ folder in the repository
+    derandomize=True,  # the same examples on every run (also the conftest's profile; explicit here)
+    print_blob=True,  # a failure prints @reproduce_failure(...) beside the falsifying example
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -79,7 +84,9 @@ def mutate(data: bytes, edits) -> bytes:
 
 
 class Hang(BaseException):
-    """BaseException, so that the readers' ``except Exception`` cannot turn it into a read error."""
+    """BaseException, so that the readers' ``except Exception`` cannot turn it into a read error. It becomes
+    an AssertionError once out of the reader (``time_limit``): hypothesis treats a BaseException as an
+    interruption, which it neither shrinks nor reports with the falsifying example."""
 
 
 @contextmanager
@@ -91,6 +98,8 @@ def time_limit(seconds: float = TIME_LIMIT):
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
+    except Hang as hang:
+        raise AssertionError(f"hang: {hang}") from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -195,13 +204,15 @@ def test_mutated_own_format(tmp_path, own_files, suffix, edits):
 
 
 @pytest.fixture(scope="module")
-def legacy_raw():
-    if not TRAIN.is_dir():
-        pytest.skip(f"needs the shared real episodes in {TRAIN}, which are absent")
-    return (TRAIN / "0.pt").read_bytes()
+def legacy_path(real_mazes):
+    return real_mazes / LEGACY_EPISODE
 
 
-@requires_shared
+@pytest.fixture(scope="module")
+def legacy_raw(legacy_path):
+    return legacy_path.read_bytes()
+
+
 @FUZZ
 @given(edits=EDITS, gzipped=st.booleans())
 def test_mutated_legacy_file(tmp_path, legacy_raw, edits, gzipped):
@@ -211,13 +222,12 @@ def test_mutated_legacy_file(tmp_path, legacy_raw, edits, gzipped):
     assert_reads_as_the_unpickler(tmp_path, path, data)
 
 
-@requires_shared
 @FUZZ
 @given(frame=st.integers(0, 299), edits=st.one_of(EDITS, FLIPS))
-def test_legacy_file_with_a_mutated_frame(tmp_path, legacy_raw, frame, edits):
+def test_legacy_file_with_a_mutated_frame(tmp_path, legacy_path, legacy_raw, frame, edits):
     """Edits inside one frame's text: the fast path reads the file when its length is unchanged, and the
     frame's own conversion decides when it is read."""
-    start, end = load_episode(TRAIN / "0.pt").frames._spans[frame]
+    start, end = load_episode(legacy_path).frames._spans[frame]
     path = tmp_path / "mutated.pt"
     data = legacy_raw[:start] + mutate(legacy_raw[start:end], edits) + legacy_raw[end:]
     path.write_bytes(data)
@@ -281,13 +291,10 @@ def test_mutated_jpeg_frame(jpeg_frame, edits):
 
 # ---- TFRecord ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tfrecord_raw():
-    if not TFRECORD.is_file():
-        pytest.skip(f"needs the shared TFRecord {TFRECORD}, which is absent")
-    return TFRECORD.read_bytes()
+def tfrecord_raw(real_mazes):
+    return (real_mazes / TFRECORD).read_bytes()  # part of the real data: missing, it is an error, not a skip
 
 
-@requires_shared
 @settings(FUZZ, max_examples=40)  # each example CRC-checks up to 3.5 MB
 @given(edits=EDITS)
 def test_mutated_tfrecord_file(tmp_path, tfrecord_raw, edits):
@@ -339,3 +346,41 @@ def test_varint_beyond_64_bits_is_truncated_like_protobuf():
     for int64_list in (field(1, too_big), b"\x08" + too_big):  # packed, and one value per field
         features = parse_example(field(1, field(1, field(1, b"k") + field(2, field(3, int64_list)))))
         assert features["k"].dtype == np.int64 and features["k"].tolist() == [-1]
+
+
+# ---- the fuzzing itself: reproducible, and it says what failed ------------------------------------------
+def test_fuzzing_is_derandomized_and_a_failure_names_its_example():
+    """The same examples on every run; a failing property, and a read that hangs, report the falsifying
+    example (hypothesis adds it to the failure as a note) and its reproduction blob."""
+    assert settings.default.derandomize and FUZZ.derandomize and FUZZ.print_blob
+
+    drawn = []
+
+    @settings(FUZZ, max_examples=20)
+    @given(st.binary(max_size=32))
+    def record(data):
+        drawn.append(data)
+
+    record()
+    first, drawn[:] = list(drawn), []
+    record()
+    assert drawn == first and len(set(first)) > 1
+
+    @settings(FUZZ, max_examples=50)
+    @given(st.integers(0, 100))
+    def fails(number):
+        assert number < 7
+
+    @settings(FUZZ, max_examples=50)
+    @given(st.integers(0, 100))
+    def hangs(number):
+        with time_limit(0.05):
+            if number >= 7:
+                signal.pause()  # woken by the alarm: Hang, reported as an AssertionError
+
+    for prop, message in ((fails, "assert 7 < 7"), (hangs, "hang: read took more than 0.05 s")):
+        with pytest.raises(AssertionError, match=message) as failure:
+            prop()
+        notes = "\n".join(getattr(failure.value, "__notes__", []))
+        assert f"Falsifying example: {prop.__name__}(" in notes and "number=7" in notes, notes
+        assert "@reproduce_failure(" in notes, notes

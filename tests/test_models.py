@@ -11,7 +11,7 @@ from models.renderer import gaussian_kl
 from models.scene import ModelConfig, SceneModel, clean_state_dict, unwrap
 from models.structure import CELL, SPACING, GridStructure, nodes_per_side
 from utils.hotel import POSE_EXTENT, maze_cells, maze_to_world
-from tests.conftest import SHARED, requires_shared
+from tests.conftest import REPO_ROOT
 
 TINY = dict(img_size=16, layers=2)
 
@@ -157,14 +157,19 @@ def test_wrapper_prefixes_are_stripped():
     assert unwrap(wrapped) is model
 
 
+# The original implementation's parameter names and shapes (jaks19/scene-generation-from-novel-viewpoints-gens,
+# dumped from its GEN and baseline models at their defaults; a copy of ../shared/reference's file, kept with the
+# tests so that this check runs everywhere).
+ORIGINAL_STATE_DICT = REPO_ROOT / "tests" / "reference" / "original_state_dict.txt"
+
+
 def reference_shapes(section):
-    text = (SHARED / "reference" / "original_state_dict.txt").read_text()
+    text = ORIGINAL_STATE_DICT.read_text()
     blocks = dict(re.findall(r"# (\w+) \d+\n(.*?)(?=\n# |\Z)", text, re.S))
     return {name: tuple(int(d) for d in re.findall(r"\d+", shape))
             for name, shape in (line.split(" ", 1) for line in blocks[section].strip().splitlines())}
 
 
-@requires_shared
 @pytest.mark.parametrize("baseline, section", [(False, "GEN"), (True, "baseline")])
 def test_parameters_match_the_original_implementation(baseline, section):
     model = SceneModel(ModelConfig(baseline=baseline))
@@ -201,26 +206,36 @@ def test_r_is_laid_out_as_in_the_original_implementation():
     assert torch.equal(gqn[:, :1, 226:].expand(-1, 4, -1), gqn[..., 226:])  # one sum per hotel
 
 
-def test_message_passing_matches_a_hand_computation_on_the_smallest_lattice():
+@pytest.mark.parametrize("memory_norm", [False, True], ids=["original", "memory_norm"])
+def test_message_passing_matches_a_hand_computation_on_the_smallest_lattice(memory_norm):
     """One and two rounds on a 1x1 hotel, edge by edge: a message from [source, sink] states goes to the
-    sink, and each node's embedding (not its position) moves by node_module([summed messages, state])."""
+    sink, and each node's embedding (not its position) moves by node_module([summed messages, state]).
+    With ``memory_norm`` the networks and the queries read each node's memory standardised (zero mean, unit
+    variance over its 254 values), while the memory itself stays the raw residual sum."""
+    def read_memory(memory):
+        if not memory_norm:
+            return memory
+        mean = memory.mean(-1, keepdim=True)
+        return (memory - mean) / ((memory - mean).pow(2).mean(-1, keepdim=True) + 1e-5).sqrt()
+
     torch.manual_seed(0)
     frames, poses, origin = random_hotel(1, hotels=1, views=3)
     query = poses[:, :1]
     for rounds in (1, 2):
-        composer = GraphComposer(message_steps=rounds)
+        composer = GraphComposer(message_steps=rounds, memory_norm=memory_norm)
         structure = composer.structure(1)
         with torch.no_grad():
             r = composer(frames, poses, query, origin, 1)
             embeddings = composer.embedder(frames[0], poses[0])  # (V, 254)
             write = structure.bilinear_weights(poses[..., :2], origin)[0]  # (V, nodes)
-            state = torch.cat([structure.node_positions(origin)[0], write.T @ embeddings], dim=-1)  # (nodes, 256)
+            positions, memory = structure.node_positions(origin)[0], write.T @ embeddings  # (nodes, 2), (nodes, 254)
             for _ in range(rounds):
+                state = torch.cat([positions, read_memory(memory)], dim=-1)  # (nodes, 256)
                 incoming = torch.zeros_like(state)
                 for source, sink in zip(structure.source.tolist(), structure.sink.tolist()):
                     incoming[sink] += composer.edge_module(torch.cat([state[source], state[sink]]))
-                update = composer.node_module(torch.cat([incoming, state], dim=-1))
-                state = torch.cat([state[:, :2], state[:, 2:] + update], dim=-1)
+                memory = memory + composer.node_module(torch.cat([incoming, state], dim=-1))
+            state = torch.cat([positions, read_memory(memory)], dim=-1)
             read = structure.bilinear_weights(query[..., :2], origin)[0] @ state  # (1, 256)
         assert torch.allclose(r[0, :, 56:], read, atol=1e-4), rounds
 
