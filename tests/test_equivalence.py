@@ -11,6 +11,10 @@ from models.scene import ModelConfig, SceneModel
 
 SIGMA = 0.7
 RTOL = 1e-4
+# The composer's gradients come through layer normalisation (--memory_norm), whose backward subtracts the
+# incoming gradient's mean and its projection on the normalised memory: most of it cancels, and the rest
+# carries the renderer's rounding relative to a smaller result (5e-4 measured on an H200, TF32 off).
+COMPOSER_GRAD_RTOL = 2e-3
 
 
 def close(actual, expected, rtol=RTOL):
@@ -50,7 +54,7 @@ def test_elbo_and_gradients_match(baseline, grid, layers, device):
     assert our_grads.keys() == ref_grads.keys()
     for name, grad in ref_grads.items():
         assert grad is not None and our_grads[name] is not None, name
-        assert close(our_grads[name], grad), name
+        assert close(our_grads[name], grad, COMPOSER_GRAD_RTOL if name.startswith("composer.") else RTOL), name
 
 
 @pytest.mark.parametrize("baseline", (False, True), ids=("gen", "baseline"))
