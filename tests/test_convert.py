@@ -115,9 +115,9 @@ def test_iter_records_and_corruption(tmp_path):
 
 # ---- the shared TFRecord written by TensorFlow ---------------------------------------------------------
 @pytest.fixture
-def src(tmp_path):
-    if not TFRECORD.exists():
-        pytest.skip(f"needs {TFRECORD} (the shared data folder is absent)")
+def src(tmp_path, real_mazes):
+    if not TFRECORD.exists():  # the folder is there (real_mazes) but not the sample: fail like a missing folder
+        pytest.fail(f"needs {TFRECORD}, absent from {real_mazes}", pytrace=False)
     (tmp_path / "src" / "train").mkdir(parents=True)
     shutil.copy(TFRECORD, tmp_path / "src" / "train")
     return tmp_path / "src"

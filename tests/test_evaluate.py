@@ -12,11 +12,11 @@ import evaluate
 from utils import trained_model
 from models.scene import ModelConfig, SceneModel
 from utils.checkpoint import FORMAT, save_checkpoint
-from tests.conftest import REPO_ROOT, SHARED, requires_shared
+from tests.conftest import REPO_ROOT, SHARED_MAZES, requires_shared
 from utils.hotel import HotelBatch, build_hotels, maze_cells
 
 REPO = Path(__file__).resolve().parents[1]
-MAZES = SHARED / "mazes" / "train"
+MAZES = SHARED_MAZES / "train"
 SAMPLES = REPO_ROOT / "data_samples" / "test"
 
 

@@ -4,14 +4,14 @@ import torch
 
 from models.scene import ModelConfig, SceneModel
 from utils.hotel import HotelSteps
-from tests.conftest import SHARED, requires_shared
+from tests.conftest import SHARED_MAZES, requires_shared
 
 
 @requires_shared
 @pytest.mark.parametrize("baseline", [False, True])
 def test_elbo_is_finite_and_falls_when_overfitting_one_real_batch(baseline):
     torch.manual_seed(0)
-    steps = HotelSteps(SHARED / "mazes" / "train", img_size=16, batch_size=4, grids=[2], context_views=3, seed=0)
+    steps = HotelSteps(SHARED_MAZES / "train", img_size=16, batch_size=4, grids=[2], context_views=3, seed=0)
     batch = steps[0]
     assert batch.grid == 2 and batch.context_frames.shape == (1, 12, 3, 16, 16)
     model = SceneModel(ModelConfig(img_size=16, layers=2, baseline=baseline))

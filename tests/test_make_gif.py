@@ -11,12 +11,12 @@ from PIL import Image
 import make_gif
 from models.scene import SceneModel
 from models.structure import GridStructure
-from tests.conftest import REPO_ROOT, SHARED, requires_shared
+from tests.conftest import REPO_ROOT, SHARED_MAZES, requires_shared
 from tests.test_evaluate import tiny_checkpoint
 from utils.dataset import Episode
 from utils.hotel import MAX_SEED
 
-MAZES = SHARED / "mazes" / "train"
+MAZES = SHARED_MAZES / "train"
 SAMPLES = REPO_ROOT / "data_samples" / "test"
 ORIGIN = torch.tensor(make_gif.ORIGIN)
 
