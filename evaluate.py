@@ -64,7 +64,8 @@ DATASET_MEAN_VIEWS = 32
 # not depend on the other checkpoints of the command (only one with more views than this changes them).
 PLANNED_CONTEXT_VIEWS = 64
 COLUMNS = ("model", "grid", "hotels", "queries", "img_size", "context_views", "sigma", "neg_elbo",
-           "bits_per_dim", "kl", "mse", "psnr", "ssim", "rec_mse", "rec_psnr", "rec_ssim", "seconds", "steps", "train_grids", "inputs",
+           "bits_per_dim", "kl", "mse", "psnr", "ssim", "rec_mse", "rec_psnr", "rec_ssim", "seconds", "steps",
+           "train_grids", "inputs",
            # added with --queries: new columns go last, so readers of the old ones are unaffected
            "psnr_lo", "psnr_hi", "context_gain_db", "context_gain_lo", "context_gain_hi", "swap_psnr",
            "swap_same_hotel")

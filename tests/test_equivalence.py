@@ -34,7 +34,7 @@ def pair(baseline: bool, layers: int, device="cpu"):
 
 
 CASES = [(baseline, grid, layers) for baseline in (False, True) for grid, layers in ((1, 2), (2, 3))]
-IDS = [f"{'baseline' if b else 'gen'}-grid{g}-L{l}" for b, g, l in CASES]
+IDS = [f"{'baseline' if b else 'gen'}-grid{g}-L{layers}" for b, g, layers in CASES]
 
 
 @pytest.mark.parametrize("baseline,grid,layers", CASES, ids=IDS)
