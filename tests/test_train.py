@@ -110,9 +110,11 @@ def test_loads_an_original_format_checkpoint_and_continues_from_its_epoch(real_t
     original = scratch / "original.pt"
     torch.save({"epoch": 7, "model_state_dict": {"module." + k: v for k, v in weights.items()}}, original)
     assert train.main(real_tiny(scratch, "--saved_model", original, steps=8)) == 0
-    assert "fresh optimizer" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "fresh optimizer" in err and "original-implementation checkpoint" in err
     checkpoint = load(scratch / "run" / "models" / "checkpoint-final.pt")
     assert checkpoint["epoch"] == 8
+    assert checkpoint["args"]["memory_norm"] is False  # it trains on with the composer it was trained with
     # One Adam step moves a weight by about lr = 5e-4: the original weights were loaded, not a fresh init.
     for key, value in weights.items():
         assert (checkpoint["model_state_dict"][key] - value).abs().max() < 2e-3, key
