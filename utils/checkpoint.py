@@ -1,10 +1,12 @@
 """Checkpoints: written atomically, read without executing code, understood in the original's format.
 
 A checkpoint is a dict of plain types (loads with ``torch.load(..., weights_only=True)``):
-``epoch`` (the step, as the original named it), ``format`` (``FORMAT``), ``model_state_dict`` (unwrapped:
-no ``module.`` or compile prefixes), ``optimizer_state_dict``, ``scheduler_state_dict``, ``sigma``, ``args``
-(``vars()`` of the training command line) and RNG states. Checkpoints of the original
-implementation hold only ``epoch`` and ``model_state_dict`` (keys possibly prefixed ``module.``).
+``epoch`` (the step, as the original named it), ``format`` (``FORMAT``), ``task`` (what the model does:
+``RENDER`` or ``EMBED_CLASSIFY``), ``model_state_dict`` (unwrapped: no ``module.`` or compile prefixes),
+``optimizer_state_dict``, ``scheduler_state_dict``, ``sigma`` (rendering only), ``args`` (``vars()`` of the
+training command line) and RNG states. Checkpoints of the original implementation hold only ``epoch`` and
+``model_state_dict`` (keys possibly prefixed ``module.``); those, and ours written before ``task`` existed, are
+told apart by their weights (``checkpoint_task``).
 """
 import re
 import warnings
@@ -98,7 +100,35 @@ def load_checkpoint(path) -> dict:
         _reorder_r(payload)
     if "args" in payload:  # runs saved before --memory_norm existed trained the original composer
         payload["args"].setdefault("memory_norm", False)
+    if not isinstance(payload.get("task", ""), str):
+        raise CheckpointError(f"{path} is not a checkpoint: its task is not a name")
     return payload
+
+
+# What a checkpoint's model does, and the script that trains it.
+RENDER, EMBED_CLASSIFY = "render", "embed_classify"
+TASKS = {RENDER: ("a renderer", "train_scene_rendering.py"),
+         EMBED_CLASSIFY: ("an embed-and-classify model", "train_embed_classify.py")}
+_CLASSIFIER_KEY = "candidates_encoder."  # a parameter only the embed-and-classify model has
+
+
+def checkpoint_task(checkpoint: dict) -> str:
+    """The task of a checkpoint (``load_checkpoint``'s dict): its ``task``, else (the original's, and ours written
+    before checkpoints named it) what its weights are."""
+    if "task" in checkpoint:
+        return checkpoint["task"]
+    classifier = any(key.startswith(_CLASSIFIER_KEY) for key in checkpoint["model_state_dict"])
+    return EMBED_CLASSIFY if classifier else RENDER
+
+
+def require_task(checkpoint: dict, task: str, path="checkpoint") -> None:
+    """``CheckpointError`` unless ``checkpoint`` holds a model of ``task``; the message names the script that
+    trains what it holds."""
+    found = checkpoint_task(checkpoint)
+    if found != task:
+        what, script = TASKS.get(found, (f"a model of an unknown task {found!r}", None))
+        made = f" (trained by {script})" if script else ""
+        raise CheckpointError(f"{path} holds {what}{made}, not {TASKS[task][0]}")
 
 
 # What torch's weights-only unpickler says when it refuses a file for what it holds (a class, a function, a
@@ -150,7 +180,7 @@ def _reorder_r(payload: dict) -> None:
                                           "x, y)" if baseline else "") + " and its optimizer state dropped")
 
 
-def load_model_state(model: SceneModel, state_dict: dict, path="checkpoint") -> None:
+def load_model_state(model: torch.nn.Module, state_dict: dict, path="checkpoint") -> None:
     """Load weights, with one clear error if the checkpoint's architecture differs from the model's."""
     expected = model.state_dict()
     mismatched = [key for key in expected if key in state_dict and state_dict[key].shape != expected[key].shape]
@@ -169,6 +199,7 @@ def load_model_state(model: SceneModel, state_dict: dict, path="checkpoint") -> 
 def model_from_checkpoint(path, device="cpu"):
     """(model in eval mode, checkpoint dict) from a checkpoint this project wrote."""
     checkpoint = load_checkpoint(path)
+    require_task(checkpoint, RENDER, path)
     if "args" not in checkpoint:
         raise CheckpointError(f"{path} has no saved args (an original-format checkpoint?): "
                               f"resume it with train_scene_rendering.py --saved_model instead")

@@ -1,4 +1,4 @@
-"""TensorBoard output: a writer on rank 0 only, image grids of truth / reconstruction / generation, and
+"""TensorBoard output: a writer on rank 0 only, image grids (truth / reconstruction / generation, ...), and
 reading event files back (for tests and for plotting curves without installing tensorboard).
 """
 import struct
@@ -31,12 +31,12 @@ def open_writer(directory, enabled: bool = True, purge_step=None):
     return SummaryWriter(logdir=str(directory), purge_step=purge_step, filename_suffix=f".{time.time_ns()}")
 
 
-def image_rows(truth: torch.Tensor, reconstruction: torch.Tensor, generation: torch.Tensor,
-               count: int = IMAGES_PER_ROW) -> torch.Tensor:
-    """(B, 3, S, S) each -> one (3, H, W) image: rows ground truth / reconstruction / generation."""
-    count = min(count, truth.shape[0])
-    rows = torch.cat([truth[:count], reconstruction[:count], generation[:count]]).float().clamp(0, 1).cpu()
-    return make_grid(rows, nrow=count, padding=1, pad_value=1.0)
+def image_rows(*rows: torch.Tensor, count: int = IMAGES_PER_ROW) -> torch.Tensor:
+    """(B, 3, S, S) each -> one (3, H, W) image, a row each: the renderer's ground truth / reconstruction /
+    generation, the classifier's query views / picked candidates."""
+    count = min(count, rows[0].shape[0])
+    images = torch.cat([row[:count] for row in rows]).float().clamp(0, 1).cpu()
+    return make_grid(images, nrow=count, padding=1, pad_value=1.0)
 
 
 def _records(path: Path):
