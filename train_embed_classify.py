@@ -30,8 +30,8 @@ def _model_flags(model):
 
 
 def build_parser():
-    return cli.build_parser(PROG, __doc__.split("\n\n")[0], _model_flags, lr_final=schedules.CLASSIFY_LR_FINAL,
-                            log_dirs=LOG_DIRS)
+    return cli.build_parser(PROG, __doc__.split("\n\n")[0], _model_flags, lr=schedules.CLASSIFY_LR,
+                            lr_final=schedules.CLASSIFY_LR_FINAL, batch_size=36, log_dirs=LOG_DIRS)
 
 
 def parse_args(argv=None):

@@ -80,7 +80,7 @@ def straight_run():
 def test_defaults_and_flags():
     args = classify.parse_args([])
     assert (args.lr, args.lr_final, args.lr_steps) == (5e-4, 5e-8, 1_600_000) == (
-        schedules.LR, schedules.CLASSIFY_LR_FINAL, schedules.LR_STEPS)
+        schedules.CLASSIFY_LR, schedules.CLASSIFY_LR_FINAL, schedules.LR_STEPS)
     assert (args.log_dir, classify.parse_args(["--baseline"]).log_dir) == ("GEN-classify", "GQN-classify")
     assert args.memory_norm and args.batch_size == 36 and args.train_grids == [1, 2]
     assert not hasattr(args, "sigma") and not hasattr(args, "layers"), "no pixel sigma, no DRAW layers"

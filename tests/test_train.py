@@ -343,7 +343,7 @@ def test_cuda_requested_without_cuda_is_one_line(scratch, capsys):
 
 def test_help_shows_the_defaults_but_never_none():
     text = " ".join(train.build_parser().format_help().split())  # unwrapped
-    assert "(default: 36)" in text and "(default: auto)" in text
+    assert "(default: 64)" in text and "(default: auto)" in text
     assert "default: None" not in text, "a None default repeats what the flag's help says it means"
 
 def test_defaults_follow_the_issue():
@@ -411,10 +411,10 @@ def test_errors_from_the_command_line_have_no_traceback(scratch):
 # ----------------------------------------------------------------------------- schedules
 
 def test_schedules_anneal_linearly_then_hold():
-    assert schedules.learning_rate(0) == 5e-4
-    assert schedules.learning_rate(800_000) == pytest.approx(2.75e-4)
-    assert schedules.learning_rate(1_600_000) == pytest.approx(5e-5)
-    assert schedules.learning_rate(5_000_000) == pytest.approx(5e-5)
+    assert schedules.learning_rate(0) == 8e-4  # the original GEN's schedule
+    assert schedules.learning_rate(800_000) == pytest.approx(4.025e-4)
+    assert schedules.learning_rate(1_600_000) == pytest.approx(5e-6)
+    assert schedules.learning_rate(5_000_000) == pytest.approx(5e-6)
     assert schedules.pixel_sigma(0) == 2.0
     assert schedules.pixel_sigma(100_000) == pytest.approx(1.35)
     assert schedules.pixel_sigma(10 ** 7) == pytest.approx(0.7)

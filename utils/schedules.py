@@ -6,12 +6,15 @@ GQN (Eslami et al. 2018):
     value(t) = final + (initial - final) * (1 - min(t / steps, 1))
 
 which equals GQN's ``max(final + (initial - final) * (1 - t / steps), final)`` for a decreasing
-schedule. GQN: learning rate 5e-4 -> 5e-5 over 1.6M steps, pixel sigma 2.0 -> 0.7 over 200k steps. The
-embed-and-classify experiment (train_embed_classify.py) anneals the learning rate further, to 5e-8.
+schedule. The defaults are the original GEN implementation's: learning rate 8e-4 -> 5e-6 over 1.6M steps,
+and GQN's pixel sigma 2.0 -> 0.7 over 200k steps. GQN's own learning rate, 5e-4 -> 5e-5, is
+``GQN_LR, GQN_LR_FINAL`` (``--lr 5e-4 --lr_final 5e-5``). The embed-and-classify experiment
+(train_embed_classify.py) anneals from 5e-4 to 5e-8, as the original's does.
 """
 
-LR, LR_FINAL, LR_STEPS = 5e-4, 5e-5, 1_600_000
-CLASSIFY_LR_FINAL = 5e-8
+LR, LR_FINAL, LR_STEPS = 8e-4, 5e-6, 1_600_000
+GQN_LR, GQN_LR_FINAL = 5e-4, 5e-5
+CLASSIFY_LR, CLASSIFY_LR_FINAL = 5e-4, 5e-8
 SIGMA, SIGMA_FINAL, SIGMA_STEPS = 2.0, 0.7, 200_000
 
 

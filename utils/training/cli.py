@@ -60,7 +60,8 @@ def add_memory_norm(group):
 
 
 def build_parser(prog: str, description: str, model_flags: Callable, schedule_flags: Optional[Callable] = None,
-                 lr_final: float = schedules.LR_FINAL, log_dirs: Sequence[str] = ("GEN", "GQN")):
+                 lr: float = schedules.LR, lr_final: float = schedules.LR_FINAL, batch_size: int = 64,
+                 log_dirs: Sequence[str] = ("GEN", "GQN")):
     """The parser of a training script. ``model_flags(group)`` adds the model's flags; ``schedule_flags(group)``
     any schedule beside the learning rate's; ``log_dirs``: the default --log_dir, without and with --baseline."""
     positive, count, rate = number(int, 0), number(int, 0, low_ok=True), number(float, 0)
@@ -87,12 +88,12 @@ def build_parser(prog: str, description: str, model_flags: Callable, schedule_fl
     train = p.add_argument_group("training")
     train.add_argument("--steps", type=positive, default=schedules.LR_STEPS,
                        help="total steps of the run; a resumed run continues until this step")
-    train.add_argument("--batch_size", type=positive, default=36,
+    train.add_argument("--batch_size", type=positive, default=batch_size,
                        help="mazes (= query images) per step over all devices/processes; a k x k step "
                             "uses batch_size // k^2 hotels")
     train.add_argument("--seed", type=number(int, 0, low_ok=True, high=MAX_SEED), default=0,
                        help="seeds the model, every batch and the renderer's DRAW noise")
-    train.add_argument("--lr", type=rate, default=schedules.LR, help="initial Adam learning rate")
+    train.add_argument("--lr", type=rate, default=lr, help="initial Adam learning rate")
     train.add_argument("--lr_final", type=rate, default=lr_final, help="learning rate after --lr_steps")
     train.add_argument("--lr_steps", type=positive, default=schedules.LR_STEPS, help="learning-rate annealing steps")
     if schedule_flags is not None:
