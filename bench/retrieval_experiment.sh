@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# GEN vs GQN embedders (the GEN paper's second experiment) at CPU scale: how well does each model pick a query's
+# view out of a fixed pool, on hotels of 1x1 .. 5x5 unseen mazes? Generates procedural mazes from SEED (2000
+# training, 300 test), trains a GEN and a GQN embed-and-classifier side by side with the same flags, seed and
+# budget (configs/retrieval_experiment.args, one CPU thread each, no loader workers), then scores both with
+# evaluate_retrieval.py on QUERIES (>= 400) queries per grid size, each among the views of 4 mazes (its own
+# and 3 other test mazes: 4 x (8 + 1) = 36 candidates, chance 1/36, at every grid size).
+#
+#   OUT=results/retrieval SEED=0 STEPS=3000 bash bench/retrieval_experiment.sh
+#   DATA=DIR ... bash bench/retrieval_experiment.sh    # use DIR/train and DIR/test instead of generating
+#
+# Budget (2-core CPU, <= 120 minutes): 16 px images, 8 context views, 8 mazes a step. A step encodes the 64
+# context views and the 72 candidates (8 mazes x 9 views), ~1.4e10 multiply-adds forward, ~4e10 with the
+# backward pass: about 1-1.5 s per step on one thread (the renderer's memory experiment, 256 context views a
+# step plus DRAW, runs ~2 s per step this way), so the default 3000 steps take ~60-80 minutes per model,
+# both models at once on the two cores; generating the mazes takes a few minutes, and the evaluation (2 models
+# x 5 grid sizes x 400 queries x 36 candidates) ~5-10 minutes. Constant lr 5e-4 (the paper anneals over 1.6M
+# steps, far beyond this budget). STEPS scales the training linearly; QUERIES the evaluation.
+#
+# Writes OUT/retrieval.csv (model, grid, queries, candidates, chance, accuracy, accuracy_lo, accuracy_hi),
+# OUT/retrieval.md and OUT/retrieval.png. Re-running resumes both trainings (--saved_model auto); a run
+# stopped early (SIGTERM) is evaluated at its last checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/retrieval}
+SEED=${SEED:-0}
+STEPS=${STEPS:-3000}
+QUERIES=${QUERIES:-400}
+DATA=${DATA:-$OUT/mazes}
+RUNS=$OUT/runs
+mkdir -p "$OUT"
+if [ ! -d "$DATA/train" ]; then
+    python3 -m utils.make_mazes --out "$DATA" --train 2000 --test 300 --seed "$SEED" --workers 2 --contact-sheet ''
+fi
+common=(@configs/retrieval_experiment.args --train_data_dir "$DATA/train" --test_data_dir "$DATA/test"
+        --steps "$STEPS" --seed "$SEED" --workers 0 --root_log_dir "$RUNS" --saved_model auto)
+OMP_NUM_THREADS=1 python3 train_embed_classify.py "${common[@]}" --log_dir GEN >"$OUT/GEN.log" 2>&1 &
+gen=$!
+OMP_NUM_THREADS=1 python3 train_embed_classify.py "${common[@]}" --log_dir GQN --baseline >"$OUT/GQN.log" 2>&1 &
+gqn=$!
+trap 'kill -TERM $gen $gqn 2>/dev/null' TERM INT
+wait $gen || true
+wait $gqn || true
+latest() { ls -t "$RUNS/$1/models/"checkpoint-*.pt | head -1; }
+python3 evaluate_retrieval.py --saved_model "$(latest GEN)" --saved_model "$(latest GQN)" --test_data_dir "$DATA/test" \
+    --grids 1 2 3 4 5 --queries "$QUERIES" --seed "$SEED" --out "$OUT" >"$OUT/evaluate.log" 2>&1
+cat "$OUT/retrieval.md"
