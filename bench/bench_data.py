@@ -12,7 +12,7 @@ Both paths run interleaved (a few of ours, then one reference) so that load from
 both alike. The last line printed is one JSON object:
 ``{"samples_per_s": ..., "reference_samples_per_s": ..., "ratio": ...}``.
 
-    python bench/bench_data.py [--data_dir DIR] [--rounds 20] [--img_size 64] [--context 8]
+    python -m bench.bench_data [--data_dir DIR] [--rounds 20] [--img_size 64] [--context 8]
 """
 
 from __future__ import annotations
@@ -24,16 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.dataset import EpisodeError, decode_views, list_episodes, load_episode, pose_vectors
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # run as a script: make `utils` importable
-    sys.path.insert(0, str(REPO_ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from utils.dataset import EpisodeError, decode_views, list_episodes, load_episode, pose_vectors  # noqa: E402
-
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "mazes" / "train"
 
 
@@ -59,7 +56,7 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.bench_data", description=__doc__.split("\n")[0])
     add_data_dir(p)
     p.add_argument("--rounds", type=int, default=20, help="rounds of (--per_round ours + 1 reference) samples")
     p.add_argument("--per_round", type=int, default=10, help="samples of ours per reference sample")

@@ -21,29 +21,25 @@ launch_ms(main_pin) - launch_ms(alone) is what the workers cost the main thread 
 launch_ms(pin_thread) - launch_ms(main_pin) what the pin-memory thread costs it; fetch_ms(main_pin) what
 pinning in the main thread would add to a step.
 
-    python bench/bench_host.py --data_dir DIR --workers 12 --batch_size 36 [--device cuda] [--ops 3300]
+    python -m bench.bench_host --data_dir DIR --workers 12 --batch_size 36 [--device cuda] [--ops 3300]
 
 The last line printed is one JSON object.
 """
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.bench_loader import add_loader_args, training_steps, warmup_batches  # noqa: E402
-from utils.hotel import step_loader  # noqa: E402
+from bench.bench_loader import add_loader_args, training_steps, warmup_batches
+from utils.hotel import step_loader
 
 SETUPS = ("alone", "main_pin", "pin_thread", "alone")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.bench_host", description=__doc__.split("\n")[0])
     add_loader_args(p)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--ops", type=int, default=3300, help="one-element kernel launches per iteration")

@@ -6,23 +6,18 @@ one whole k x k hotel batch per step, ``--workers`` processes, pinned memory wit
 file reads) are not counted. Compare ``samples_per_s`` with ``bench_step.py``'s ``samples_per_s`` at
 the same batch size: the loader keeps the GPU fed when it is the larger.
 
-    python bench/bench_loader.py --data_dir DIR --workers 8 --batch_size 36 [--img_size 64] [--grids 1 2]
+    python -m bench.bench_loader --data_dir DIR --workers 8 --batch_size 36 [--img_size 64] [--grids 1 2]
 
 The last line printed is one JSON object.
 """
 import argparse
 import json
 import os
-import sys
 import time
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from bench.bench_data import add_data_dir  # noqa: E402
-from utils.dataset import EpisodeError  # noqa: E402
-from utils.hotel import HotelSteps, step_loader  # noqa: E402
+from bench.bench_data import add_data_dir
+from utils.dataset import EpisodeError
+from utils.hotel import HotelSteps, step_loader
 
 
 def add_loader_args(p: argparse.ArgumentParser) -> None:
@@ -38,7 +33,7 @@ def add_loader_args(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.bench_loader", description=__doc__.split("\n")[0])
     add_loader_args(p)
     p.add_argument("--pin_memory", action="store_true", help="pinned batches, as training on a GPU uses")
     return p.parse_args(argv)

@@ -1,6 +1,6 @@
 """Where a training step's arithmetic goes, and how fast each of its heavy operations runs on its own.
 
-    python bench/bench_ops.py --batch_size 36 --layers 12 --img_size 64 --grid 1 --device cuda --amp \
+    python -m bench.bench_ops --batch_size 36 --layers 12 --img_size 64 --grid 1 --device cuda --amp \
         --channels_last [--pad 8] [--cudnn_benchmark] [--rows 30]
 
 One eager forward + backward of the scene model (as in ``bench_step.py``) is recorded at the aten level:
@@ -20,19 +20,15 @@ the same cuDNN and cuBLAS calls, but may feed them other memory layouts.
 """
 import argparse
 import json
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.bench_step import Stepper, add_model_args, bf16_peak_tflops, sync, synthetic_batch  # noqa: E402
-from models.scene import ModelConfig, SceneModel  # noqa: E402
+from bench.bench_step import Stepper, add_model_args, bf16_peak_tflops, sync, synthetic_batch
+from models.scene import ModelConfig, SceneModel
 
 CONVOLUTIONS = (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default)
 
@@ -197,7 +193,8 @@ def describe(func, args: tuple) -> str:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.bench_ops", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, batch_size=36, layers=12, device="cuda")
     p.add_argument("--amp", action="store_true", help="bf16 autocast, as training with --amp")
     p.add_argument("--channels_last", action="store_true", help="weights channels-last, as training on a GPU")

@@ -1,7 +1,7 @@
 """Time full training steps (forward, backward, Adam) of the scene model on synthetic batches of the
 real shapes, against the naive reference in ``bench/naive.py``.
 
-    python bench/bench_step.py --batch_size 4 --layers 8 --img_size 64 --grid 1 [--baseline]
+    python -m bench.bench_step --batch_size 4 --layers 8 --img_size 64 --grid 1 [--baseline]
         [--device cpu|cuda] [--steps N] [--amp] [--compile [MODE]] [--channels_last] [--cudnn_benchmark]
         [--no-naive] [--profile ROWS]
 
@@ -26,18 +26,15 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.naive import NaiveSceneModel  # noqa: E402
-from models.gqn import POSE_DIM  # noqa: E402
-from models.scene import SceneModel, ModelConfig  # noqa: E402
-from models.structure import CELL  # noqa: E402
-from utils import optimizer  # noqa: E402
+from bench.naive import NaiveSceneModel
+from models.gqn import POSE_DIM
+from models.scene import SceneModel, ModelConfig
+from models.structure import CELL
+from utils import optimizer
 
 # Dense bf16 tensor-core peak, TFLOP/s, by a substring of torch.cuda.get_device_name (first match wins).
 BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
@@ -154,7 +151,8 @@ def add_model_args(p: argparse.ArgumentParser, batch_size: int, layers: int, dev
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m bench.bench_step", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, batch_size=4, layers=8, device="cpu")
     p.add_argument("--steps", type=int, default=5, help="timed steps per model")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per model (default 1, 3 with --compile)")

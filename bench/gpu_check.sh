@@ -34,7 +34,7 @@ PARTS=${PARTS:-"cuda_tests step_fp32 step_amp step_amp_cl step_amp_2x2 loader ho
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-STEP="$PY bench/bench_step.py --batch_size 36 --layers 12 --img_size 64 --device cuda --steps 10"
+STEP="$PY -m bench.bench_step --batch_size 36 --layers 12 --img_size 64 --device cuda --steps 10"
 # The training CLI at the benchmark's size, as train_cli and train_profile run it (data, steps and --compile apart).
 TRAIN="--test_data_dir data_samples/test --layers 12 --batch_size 36 --workers 12 --amp --test_grids 1 2
        --log_interval 100000 --save_interval 100000"
@@ -58,7 +58,7 @@ train_cli() {  # train_cli NAME DATA [FLAG...]: 400 steps of the CLI, then its m
     rm -rf "$logs"
     part "$name" 200 $PY train_scene_rendering.py --train_data_dir "$data" $TRAIN "$@" --steps 400 --root_log_dir "$logs"
     tail -c 800 "$OUT_DIR/train.log" | tr '\r' '\n' | tail -3 >>"$OUT_DIR/summary.txt"
-    part train_times 30 $PY bench/step_times.py "$logs/GEN/runs" --skip 40 --batch_size 36
+    part train_times 30 $PY -m bench.step_times "$logs/GEN/runs" --skip 40 --batch_size 36
 }
 
 run_part() {
@@ -71,16 +71,16 @@ run_part() {
     step_amp) part step_amp 75 $STEP --grid 1 --amp --profile 25 ;;
     step_amp_cl) part step_amp_cl 60 $STEP --grid 1 --amp --channels_last ;;
     step_amp_2x2) part step_amp_2x2 45 $STEP --grid 2 --amp --channels_last --no-naive ;;
-    ops) part ops 150 $PY bench/bench_ops.py --device cuda --amp --channels_last --pad 8 --rows 45 ;;
-    ops_cudnn) part ops_cudnn 150 $PY bench/bench_ops.py --device cuda --amp --channels_last --pad 8 --rows 45 \
+    ops) part ops 150 $PY -m bench.bench_ops --device cuda --amp --channels_last --pad 8 --rows 45 ;;
+    ops_cudnn) part ops_cudnn 150 $PY -m bench.bench_ops --device cuda --amp --channels_last --pad 8 --rows 45 \
         --cudnn_benchmark ;;
     loader)
         for workers in 4 8 12; do
-            part loader 45 $PY bench/bench_loader.py --data_dir "$DATA" --workers $workers --batch_size 36 \
+            part loader 45 $PY -m bench.bench_loader --data_dir "$DATA" --workers $workers --batch_size 36 \
                 --steps 40 --pin_memory
         done ;;
     host)  # does the loader slow the host's launches, and is it its workers or its pin-memory thread?
-        part host 90 $PY bench/bench_host.py --data_dir "$DATA" --workers 12 --batch_size 36 --device cuda
+        part host 90 $PY -m bench.bench_host --data_dir "$DATA" --workers 12 --batch_size 36 --device cuda
         grep -E '^ *(alone|main_pin|pin_thread):' "$OUT_DIR/host.log" | tail -4 >>"$OUT_DIR/summary.txt" ;;
     step_amp_compile) part step_amp_compile 120 $STEP --grid 1 --amp --channels_last --compile --no-naive --profile 25 ;;
     step_amp_compile_2x2) part step_amp_compile_2x2 120 $STEP --grid 2 --amp --channels_last --compile --no-naive ;;
@@ -95,7 +95,7 @@ run_part() {
     train_profile)
         local logs="${TMPDIR:-/tmp}/gpu_check_profile"
         rm -rf "$logs"
-        part train_profile 240 $PY bench/profile_cli.py --skip 60 --steps 100 --rows 30 -- --train_data_dir "$DATA" \
+        part train_profile 240 $PY -m bench.profile_cli --skip 60 --steps 100 --rows 30 -- --train_data_dir "$DATA" \
             $TRAIN --compile --steps 170 --root_log_dir "$logs"
         grep "^profiled" "$OUT_DIR/train.log" | tail -1 >>"$OUT_DIR/summary.txt" ;;
     train_cli_rewritten)  # the same episodes in our format: does the file format change the step?

@@ -1,6 +1,6 @@
 """Where the training CLI's host time goes once it runs steadily: cProfile over a window of steps.
 
-    python bench/profile_cli.py --skip 40 --steps 100 -- <train_scene_rendering.py arguments>
+    python -m bench.profile_cli --skip 40 --steps 100 -- <train_scene_rendering.py arguments>
 
 Runs the training script in this process and profiles only steps skip+1 .. skip+steps (torch.compile's
 compilation and the workers' start stay out), then prints the host time per step and the functions with
@@ -12,15 +12,12 @@ import argparse
 import cProfile
 import pstats
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train_scene_rendering as train  # noqa: E402
+import train_scene_rendering as train
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.profile_cli", description=__doc__.split("\n")[0])
     p.add_argument("--skip", type=int, default=40, help="steps before the profiled window")
     p.add_argument("--steps", type=int, default=100, help="steps profiled")
     p.add_argument("--rows", type=int, default=25, help="functions printed")

@@ -1,6 +1,6 @@
 """How fast a training run went, from its TensorBoard events (no tensorboard install needed).
 
-    python bench/step_times.py logs/GEN/runs [--skip 40]
+    python -m bench.step_times logs/GEN/runs [--skip 40]
 
 Prints one JSON line: the median and fastest ``time_per_step`` after the first ``--skip`` steps (which
 hold torch.compile's compilation and the workers' start), the medians of ``time_data_wait`` (the host
@@ -13,13 +13,10 @@ import argparse
 import json
 import re
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from utils.command import number  # noqa: E402
-from utils.summaries import read_events  # noqa: E402
+from utils.command import number
+from utils.summaries import read_events
 
 
 WAITS = ("time_data_wait", "time_device_wait")  # parts of a step: waiting for the loader, for the GPU
@@ -73,7 +70,7 @@ def step_times(runs_dir, skip: int = 40, batch_size=None) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.step_times", description=__doc__.split("\n")[0])
     p.add_argument("runs_dir", type=Path, help="a run's TensorBoard folder, e.g. logs/GEN/runs")
     p.add_argument("--skip", type=number(int, 0, low_ok=True), default=40,
                    help="leave out the first steps (compilation, start-up)")

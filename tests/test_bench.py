@@ -1,8 +1,11 @@
 """The benchmarks the README quotes still run and report what they promise (tiny configurations: the
 numbers themselves are measured on purpose-run machines, not here)."""
+import importlib
 import json
 import math
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +15,22 @@ from models.scene import ModelConfig, SceneModel
 from tests.conftest import REPO_ROOT
 
 SAMPLES = REPO_ROOT / "data_samples" / "train"
+# Run from the repository root as modules (``python -m bench.bench_step``), never as files: nothing edits sys.path.
+MODULES = ["bench_data", "bench_host", "bench_loader", "bench_ops", "bench_step", "profile_cli", "step_times"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_each_benchmark_names_its_module_command_in_its_usage(name, capsys):
+    module = importlib.import_module(f"bench.{name}")
+    with pytest.raises(SystemExit) as exit_:
+        (module.main if name == "step_times" else module.parse_args)(["--help"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"usage: python -m bench.{name} ")
+
+
+def test_a_benchmark_runs_as_a_module_from_the_repository_root():
+    run = subprocess.run([sys.executable, "-m", "bench.step_times", "--help"], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith("usage: python -m bench.step_times "), run.stderr
 
 
 def test_bench_step_reports_time_speedup_and_flops(capsys):

@@ -34,8 +34,7 @@ from utils.dataset import (
     pose_vectors,
     save_episode,
 )
-
-from utils.hotel import view_indices  # noqa: E402
+from utils.hotel import view_indices
 
 # Tests of the real episodes take their folder from the real_mazes fixture (tests/conftest.py).
 MANIFEST = "tfrecord/0000-of-sample.manifest.json"  # in that folder

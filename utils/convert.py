@@ -1,6 +1,6 @@
 """Convert DeepMind's GQN TFRecord files into episode files, without TensorFlow.
 
-    python utils/convert.py SRC DST [--workers N]        (or: python -m utils.convert ...)
+    python -m utils.convert SRC DST [--workers N]        (from the repository root)
 
 SRC holds ``train/*.tfrecord`` and/or ``test/*.tfrecord`` (the layout of the public ``gqn-dataset``
 bucket's ``mazes`` folder). Every record (one ``tf.train.Example`` with ``frames``: 300 JPEGs and
@@ -25,17 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from utils.command import number, print_error
+from utils.dataset import CAMERA_FIELDS, EpisodeError, save_episode
+from utils.tfrecord import TFRecordError, iter_records, parse_example
 
-from utils.command import number, print_error  # noqa: E402
-from utils.dataset import CAMERA_FIELDS, EpisodeError, save_episode  # noqa: E402
-from utils.tfrecord import TFRecordError, iter_records, parse_example  # noqa: E402
-
-PROG = "python utils/convert.py"
+PROG = "python -m utils.convert"
 SPLITS = ("train", "test")
 TFRECORD_SUFFIX = ".tfrecord"
 

@@ -1,8 +1,7 @@
 """Procedural DeepMind-Lab-like maze episodes: the project's built-in `data_samples/`.
 
-    python utils/make_mazes.py --out data_samples --train 16 --test 25 --seed 0
     python -m utils.make_mazes --out data_samples --train 16 --test 25 --seed 0
-    python utils/make_mazes.py --out more_mazes --train 0 --test 400 --workers 8 --contact-sheet ''
+    python -m utils.make_mazes --out more_mazes --train 0 --test 400 --workers 8 --contact-sheet ''
 
 Each episode is one random maze seen from 300 first-person views, written with
 `utils.dataset.save_episode` as `OUT/{train,test}/maze-NNNN.pt` (84x84 RGB JPEG bytes + float32 cameras
@@ -65,12 +64,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-if __package__ in (None, ""):  # run as a script: make `utils` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils import command
 
-from utils import command  # noqa: E402
-
-PROG = "python utils/make_mazes.py"
+PROG = "python -m utils.make_mazes"  # run from the repository root
 
 # --- Geometry of a maze (real data's units) ---------------------------------------------------------
 GRID = 7                        # cells per side
