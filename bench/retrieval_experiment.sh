@@ -9,13 +9,12 @@
 #   OUT=results/retrieval SEED=0 STEPS=3000 bash bench/retrieval_experiment.sh
 #   DATA=DIR ... bash bench/retrieval_experiment.sh    # use DIR/train and DIR/test instead of generating
 #
-# Budget (2-core CPU, <= 120 minutes): 16 px images, 8 context views, 8 mazes a step. A step encodes the 64
-# context views and the 72 candidates (8 mazes x 9 views), ~1.4e10 multiply-adds forward, ~4e10 with the
-# backward pass: about 1-1.5 s per step on one thread (the renderer's memory experiment, 256 context views a
-# step plus DRAW, runs ~2 s per step this way), so the default 3000 steps take ~60-80 minutes per model,
-# both models at once on the two cores; generating the mazes takes a few minutes, and the evaluation (2 models
-# x 5 grid sizes x 400 queries x 36 candidates) ~5-10 minutes. Constant lr 5e-4 (the paper anneals over 1.6M
-# steps, far beyond this budget). STEPS scales the training linearly; QUERIES the evaluation.
+# Budget (2-core CPU, <= 120 minutes): 16 px images, 8 context views, 8 mazes a step on 1x1 and 2x2 hotels (72
+# candidates a step). Measured: ~1.1 s of CPU per GEN step on one thread (data_samples, 16 px), so the default
+# 3000 steps take ~55-70 minutes with both models training at once, one per core; generating the mazes takes a
+# few minutes, and the evaluation (2 models x 5 grid sizes x 400 queries x 36 candidates) ~5-10 minutes: about
+# 80-90 minutes in all, with room for a slower machine. Constant lr 5e-4 (the paper anneals over 1.6M steps,
+# far beyond this budget). STEPS scales the training linearly; QUERIES the evaluation.
 #
 # Writes OUT/retrieval.csv (model, grid, queries, candidates, chance, accuracy, accuracy_lo, accuracy_hi),
 # OUT/retrieval.md and OUT/retrieval.png. Re-running resumes both trainings (--saved_model auto); a run
