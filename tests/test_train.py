@@ -376,8 +376,9 @@ def test_batches_must_split_over_gpus_and_processes():
     with pytest.raises(train.TrainingError, match="2 hotels of 2x2, which do not split evenly over 4 GPUs.*e.g. 16"):
         train.check_batch(args, four_gpus)
     assert train.check_batch(train.parse_args(["--batch_size", "16"]), four_gpus) == 16
-    with pytest.raises(train.TrainingError, match="9 hotels of 2x2.*e.g. 48"):  # the default batch on 4 GPUs
-        train.check_batch(train.parse_args([]), four_gpus)
+    with pytest.raises(train.TrainingError, match="9 hotels of 2x2.*e.g. 48"):  # GQN's batch on 4 GPUs
+        train.check_batch(train.parse_args(["--batch_size", "36"]), four_gpus)
+    assert train.check_batch(train.parse_args([]), four_gpus) == 64  # the default: 16 hotels of 2x2, 4 per GPU
     two_ranks = distributed.Runtime(torch.device("cpu"), rank=1, world=2, distributed=True)
     assert train.check_batch(args, two_ranks) == 4
     for batch, message in (("9", "9 hotels of 1x1, which do not split evenly over 2 processes.*e.g. 10"),
