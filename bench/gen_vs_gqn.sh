@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GEN vs GQN trained with the same CPU-sized budget on the built-in samples, evaluated per grid size on
-# identical test hotels, plus the tour animation. Produces the README's comparison table and gifs/tour.gif.
+# identical test hotels, plus the tour animation: the earlier experiments of docs/evaluation.md (they were made
+# with --no-memory_norm, the original composer; today's default trains with --memory_norm).
 #   bash bench/gen_vs_gqn.sh            # STEPS=1200 by default; both runs share the CPU, one thread each
 # Re-running resumes both trainings (--saved_model auto) and redoes evaluation and the GIF.
 set -euo pipefail
@@ -22,4 +23,4 @@ python3 evaluate.py --saved_model "$RUNS/GEN/models/checkpoint-final.pt" \
     --saved_model "$RUNS/GQN/models/checkpoint-final.pt" --test_data_dir data_samples/test \
     --grids 1 2 3 4 5 --out "$RESULTS" --episodes 16 --seed 0
 python3 make_gif.py --saved_model "$RUNS/GEN/models/checkpoint-final.pt" --data_dir data_samples/test \
-    --grid 3 --out gifs/tour.gif --seed 0 --frames_per_turn 12
+    --grid 3 --out "$RESULTS/tour.gif" --seed 0 --frames_per_turn 12
