@@ -34,6 +34,6 @@ wait $gqn || true
 latest() { ls -t "$RUNS/$1/models/"checkpoint-*.pt | head -1; }
 python3 evaluate.py --saved_model "$(latest GEN)" --saved_model "$(latest GQN)" --test_data_dir "$DATA/test" \
     --grids 1 2 3 4 5 --queries "$QUERIES" --seed "$SEED" --out "$OUT" >"$OUT/evaluate.log" 2>&1
-python3 bench/plot_curves.py "$RUNS/GEN/runs" "$RUNS/GQN/runs" --label GEN --label GQN --out "$OUT/curves.png"
+python3 -m bench.plot_curves "$RUNS/GEN/runs" "$RUNS/GQN/runs" --label GEN --label GQN --out "$OUT/curves.png"
 python3 -m bench.diag_table "$RUNS" GEN GQN --steps 1 100 500 1000 1500 2000 3000 >"$OUT/diagnostics.md"
 cat "$OUT/metrics.md"

@@ -1,24 +1,18 @@
 """Plot training curves from TensorBoard event files (no tensorboard install needed).
 
-    python bench/plot_curves.py logs/real/GEN/runs --out results/real_data_curve.png [--label GEN] ...
+    python -m bench.plot_curves logs/real/GEN/runs --out results/real_data_curve.png [--label GEN] ...
 
 Draws ``train/loss`` (moving average) and every ``test/loss_{k}x{k}`` of each run, and prints the
 first and last test losses as one JSON line, the figures the README quotes.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import matplotlib
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from utils.command import number  # noqa: E402
-from utils.summaries import read_events  # noqa: E402
+from utils.command import number
+from utils.summaries import read_events
 
 
 def moving_average(values, window):
@@ -30,7 +24,7 @@ def moving_average(values, window):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.plot_curves", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="TensorBoard directories (RUN/runs)")
     parser.add_argument("--label", action="append", help="one label per run (default: the run folder name)")
     parser.add_argument("--out", required=True, help="PNG to write")
@@ -39,6 +33,9 @@ def main(argv=None):
     labels = args.label or [Path(run).resolve().parent.name for run in args.runs]
     if len(labels) != len(args.runs):
         parser.error("give one --label per run")
+    matplotlib.use("Agg")  # no display needed; set before pyplot is imported
+    import matplotlib.pyplot as plt
+
     figure, (train_axis, test_axis) = plt.subplots(1, 2, figsize=(11, 4))
     summary = {}
     for run, label in zip(args.runs, labels):

@@ -19,5 +19,5 @@ python3 train_scene_rendering.py --train_data_dir "$split/train" --test_data_dir
     --img_size 32 --layers 4 --batch_size 4 --train_grids 1 2 --test_grids 1 2 --steps "$STEPS" \
     --sigma 0.7 --sigma_final 0.7 --log_interval 50 --save_interval 100 --workers 1 \
     --root_log_dir "$RUNS" --saved_model auto --seed 0
-python3 bench/plot_curves.py "$RUNS/GEN/runs" --label "GEN, real mazes" --out results/real_data_curve.png
+python3 -m bench.plot_curves "$RUNS/GEN/runs" --label "GEN, real mazes" --out results/real_data_curve.png
 rm -r "$split"
