@@ -347,8 +347,7 @@ def parse_args(argv=None):
     parser.add_argument("--saved_model", required=True, metavar="CKPT", help="checkpoint (GEN or GQN baseline)")
     parser.add_argument("--data_dir", required=True, help="directory of episode files (.pt / .pt.gz)")
     parser.add_argument("--grid", type=positive, default=3, help="k: a k x k hotel of distinct mazes")
-    parser.add_argument("--out", default="tour.gif", help="the GIF to write (default: tour.gif here; the README's "
-                                                            "gifs/tour.gif comes from bench/memory_experiment.sh)")
+    parser.add_argument("--out", default="tour.gif", help="the GIF to write (default: tour.gif here)")
     parser.add_argument("--seed", type=command.number(int, 0, low_ok=True, high=MAX_SEED), default=0,
                         help="picks the episodes, context views and prior samples")
     parser.add_argument("--frames_per_turn", type=positive, default=16, help="yaw steps of each full turn")

@@ -8,7 +8,8 @@
 #   OUT=results/memory SEED=0 STEPS=1800 bash bench/memory_experiment.sh
 #   DATA=DIR ... bash bench/memory_experiment.sh     # use DIR/train and DIR/test instead of generating
 #
-# Writes OUT/metrics.csv, OUT/metrics.md, OUT/metrics.png and OUT/curves.png. Re-running resumes both
+# Writes OUT/metrics.csv, OUT/metrics.md, OUT/metrics.png, OUT/curves.png and OUT/tour.gif (the GEN on a 3x3 hotel
+# of test mazes). Re-running resumes both
 # trainings (--saved_model auto). A run stopped early (SIGTERM) is evaluated at its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,4 +37,6 @@ python3 evaluate.py --saved_model "$(latest GEN)" --saved_model "$(latest GQN)" 
     --grids 1 2 3 4 5 --queries "$QUERIES" --seed "$SEED" --out "$OUT" >"$OUT/evaluate.log" 2>&1
 python3 -m bench.plot_curves "$RUNS/GEN/runs" "$RUNS/GQN/runs" --label GEN --label GQN --out "$OUT/curves.png"
 python3 -m bench.diag_table "$RUNS" GEN GQN --steps 1 100 500 1000 1500 2000 3000 >"$OUT/diagnostics.md"
+python3 make_gif.py --saved_model "$(latest GEN)" --data_dir "$DATA/test" --grid 3 --out "$OUT/tour.gif" \
+    --seed "$SEED" --frames_per_turn 12 >/dev/null
 cat "$OUT/metrics.md"
