@@ -14,7 +14,6 @@ STEPS=${STEPS:-2000}
 STEPS_64=${STEPS_64:-1000}
 REAL=${REAL:-}
 PY=${PYTHON:-python3}
-EVALUATE=${EVALUATE:-evaluate.py}
 WORKERS=${WORKERS:-2}
 QUERIES=${QUERIES:-400}
 DATA=$OUT/mazes
@@ -51,6 +50,6 @@ checkpoints=()
 for name in GEN_memory_norm GQN_memory_norm GEN_no-memory_norm GQN_no-memory_norm; do
     checkpoints+=(--saved_model "$OUT/runs/$name/models/checkpoint-final.pt")
 done
-$PY $EVALUATE "${checkpoints[@]}" --test_data_dir "$DATA/test" --grids 1 --queries "$QUERIES" --out "$OUT/eval" \
+$PY evaluate.py "${checkpoints[@]}" --test_data_dir "$DATA/test" --grids 1 --queries "$QUERIES" --out "$OUT/eval" \
     >"$OUT/evaluate.log" 2>&1
 cat "$OUT/diagnostics.md" "$OUT/eval/metrics.md"
