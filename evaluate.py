@@ -44,12 +44,12 @@ from typing import Dict, List, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from utils import command
+from utils import command, hotel
 from utils.atomic import atomic_path
 from utils.bootstrap import bootstrap_interval
 from utils.checkpoint import CheckpointError
-from utils.dataset import EpisodeError, decode_pixels, list_episodes, load_episode, to_unit
-from utils.hotel import MAX_SEED, WORLD_MAZES, HotelBatch, StepPlan, build_hotels, episode_views, plan_step
+from utils.dataset import EpisodeError, decode_pixels, to_unit
+from utils.hotel import MAX_SEED, WORLD_MAZES, HotelBatch, StepPlan, build_hotels, plan_step
 from utils.trained_model import DEFAULT_SIGMA, Candidate, load_candidate
 
 YAW_WEIGHT = 0.5  # world units per radian in pose_distance: a 90 degree turn ~ 0.8 units ~ 3 maze squares
@@ -241,24 +241,8 @@ def donors_in_hotel(plan: StepPlan, donors: StepPlan) -> torch.Tensor:
     return (donors.episodes[:, :, None] == plan.episodes[:, None, :]).any(dim=2).flatten()
 
 
-class EpisodeCache:
-    """``load(index) -> Episode`` over a directory, each file read once; ``views(img_size)`` is
-    ``build_hotels``'s reader of their views."""
-
-    def __init__(self, directory):
-        self.paths = list_episodes(directory)
-        self.episodes = {}
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __call__(self, index: int):
-        if index not in self.episodes:
-            self.episodes[index] = load_episode(self.paths[index])
-        return self.episodes[index]
-
-    def views(self, img_size: int):
-        return lambda index, fractions, taken: episode_views(self(index), fractions, img_size)
+class EpisodeCache(hotel.EpisodeCache):
+    """The test episodes (``utils/hotel.py``), and the mean frame of each for the ``dataset mean`` reference."""
 
     def mean_frames(self, img_size: int) -> torch.Tensor:
         """Per episode, the mean of ``DATASET_MEAN_VIEWS`` evenly spaced frames in [0, 1] -> (E, 3, S, S)

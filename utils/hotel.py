@@ -149,6 +149,26 @@ def episode_views(episode, fractions: torch.Tensor, img_size: int):
     return decode_pixels(episode, indices, img_size), torch.as_tensor(episode.cameras)[indices]
 
 
+class EpisodeCache:
+    """``load(index) -> Episode`` over a directory, each file read once (evaluation reads the same test episodes
+    for every model and grid size); ``views(img_size)`` is ``build_hotels``'s reader of their planned views."""
+
+    def __init__(self, directory):
+        self.paths = list_episodes(directory)
+        self.episodes = {}
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __call__(self, index: int):
+        if index not in self.episodes:
+            self.episodes[index] = load_episode(self.paths[index])
+        return self.episodes[index]
+
+    def views(self, img_size: int):
+        return lambda index, fractions, taken=None: episode_views(self(index), fractions, img_size)
+
+
 def build_hotels(plan: StepPlan, views, raw: bool = False) -> HotelBatch:
     """Decode the planned views. ``views(episode_index, fractions, taken) -> (pixels, cameras)``, as
     ``episode_views`` gives them; ``taken`` holds the episodes of the hotel so far, so that a reader that

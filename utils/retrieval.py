@@ -28,8 +28,8 @@ from models.embed_classify import EmbedClassifier, EmbedClassifierConfig, judge
 from utils.atomic import atomic_path
 from utils.bootstrap import bootstrap_interval
 from utils.checkpoint import EMBED_CLASSIFY, CheckpointError, load_checkpoint, load_model_state, require_task
-from utils.dataset import list_episodes, load_episode, to_unit
-from utils.hotel import WORLD_MAZES, HotelBatch, StepPlan, build_hotels, episode_views, plan_step
+from utils.dataset import to_unit
+from utils.hotel import WORLD_MAZES, EpisodeCache, HotelBatch, StepPlan, build_hotels, plan_step
 from utils.trained_model import run_name
 
 POOL_MAZES = 4  # the query's own maze and 3 other test mazes
@@ -87,27 +87,6 @@ def unique_labels(retrievers: Sequence[Retriever]) -> None:
 
 
 # ---- inputs ----------------------------------------------------------------------------------------
-class EpisodeCache:
-    """``load(index) -> Episode`` over a directory, each file read once."""
-
-    def __init__(self, directory):
-        self.directory = directory
-        self.paths = list_episodes(directory)
-        self.episodes = {}
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __call__(self, index: int):
-        if index not in self.episodes:
-            self.episodes[index] = load_episode(self.paths[index])
-        return self.episodes[index]
-
-    def views(self, img_size: int):
-        """``build_hotels``'s reader of the planned views."""
-        return lambda index, fractions, taken=None: episode_views(self(index), fractions, img_size)
-
-
 def random_key(*parts) -> int:
     """A 64-bit seed hashed from ``parts``: each random stream a function of its own key only."""
     return int.from_bytes(hashlib.blake2b(",".join(map(str, parts)).encode(), digest_size=8).digest(), "little")
