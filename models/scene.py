@@ -37,9 +37,8 @@ class ModelConfig:
     def from_args(cls, args) -> "ModelConfig":
         """The model part of a training command line (an argparse namespace or its ``vars`` dict)."""
         values = args if isinstance(args, dict) else vars(args)
-        # Runs saved before memory_norm existed trained without it.
         return cls(img_size=values["img_size"], layers=values["layers"], baseline=values["baseline"],
-                   max_grid=values.get("max_grid", cls.max_grid), memory_norm=values.get("memory_norm", False))
+                   max_grid=values.get("max_grid", cls.max_grid), memory_norm=values["memory_norm"])
 
 
 class SceneModel(Renderer):
