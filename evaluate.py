@@ -2,7 +2,7 @@
 
 For every grid size k, ``--queries`` N query views (one per maze) come from ceil(N / k^2) hotels of k x k
 distinct episodes, each drawn from all test episodes; hotel i (its episodes, context views, queries and
-position) is ``utils.hotel.plan_step(seed, i, ...)``, independent of the models, so every checkpoint is
+position) is ``utils.data.hotel.plan_step(seed, i, ...)``, independent of the models, so every checkpoint is
 scored on the same images (a model with C context views sees the first C of the ``PLANNED_CONTEXT_VIEWS``
 planned per maze) and the same prior samples. When N is not a multiple of k^2, the last hotel's first
 queries make up the count. Per model and k the table holds:
@@ -14,7 +14,7 @@ queries make up the count. Per model and k the table holds:
 * ``mse`` / ``psnr`` / ``ssim`` of the view *generated* from the prior (the model never sees the query
   image) against the ground truth, pixels in [0, 1]; ``mse`` is the mean over all queries and pixels
   and ``psnr = -10 log10(mse)`` of that same row; ``psnr_lo`` / ``psnr_hi`` its 95% percentile bootstrap
-  interval over queries (``utils.bootstrap``). ``rec_*``: the same for the posterior reconstruction (the
+  interval over queries (``utils.evaluation.bootstrap``). ``rec_*``: the same for the posterior reconstruction (the
   model sees the query image: an upper bound on what the representation allows).
 * ``context_gain_db``: ``psnr`` minus ``swap_psnr``, the PSNR of the same model on the same queries, with
   the same poses and prior samples, when every maze's context *frames* are those of another test maze
@@ -44,13 +44,14 @@ from typing import Dict, List, NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from utils import command, hotel
+from utils import command
+from utils.data import hotel
 from utils.atomic import atomic_path
-from utils.bootstrap import bootstrap_interval
+from utils.evaluation.bootstrap import bootstrap_interval
 from utils.checkpoint import CheckpointError
-from utils.dataset import EpisodeError, decode_pixels, to_unit
-from utils.hotel import MAX_SEED, WORLD_MAZES, HotelBatch, StepPlan, build_hotels, plan_step
-from utils.trained_model import DEFAULT_SIGMA, Candidate, load_candidate
+from utils.data.episodes import EpisodeError, decode_pixels, to_unit
+from utils.data.hotel import MAX_SEED, WORLD_MAZES, HotelBatch, StepPlan, build_hotels, plan_step
+from utils.evaluation.trained_model import DEFAULT_SIGMA, Candidate, load_candidate
 
 YAW_WEIGHT = 0.5  # world units per radian in pose_distance: a 90 degree turn ~ 0.8 units ~ 3 maze squares
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. (2004)
@@ -242,7 +243,7 @@ def donors_in_hotel(plan: StepPlan, donors: StepPlan) -> torch.Tensor:
 
 
 class EpisodeCache(hotel.EpisodeCache):
-    """The test episodes (``utils/hotel.py``), and the mean frame of each for the ``dataset mean`` reference."""
+    """The test episodes (``utils/data/hotel.py``), and the mean frame of each for the ``dataset mean`` reference."""
 
     def mean_frames(self, img_size: int) -> torch.Tensor:
         """Per episode, the mean of ``DATASET_MEAN_VIEWS`` evenly spaced frames in [0, 1] -> (E, 3, S, S)
@@ -256,7 +257,7 @@ class EpisodeCache(hotel.EpisodeCache):
         return torch.stack(means)
 
 
-# ---- models: utils/trained_model.py ----------------------------------------------------------
+# ---- models: utils/evaluation/trained_model.py ----------------------------------------------------------
 
 
 def unique_labels(candidates: Sequence[Candidate]) -> None:

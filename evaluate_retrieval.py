@@ -1,5 +1,5 @@
 """Evaluate embed-and-classify checkpoints (GEN and GQN, train_embed_classify.py) per hotel size: top-1 accuracy
-of picking each query's view out of a fixed-size pool, on identical, seeded inputs (utils/retrieval.py).
+of picking each query's view out of a fixed-size pool, on identical, seeded inputs (utils/evaluation/retrieval.py).
 
 Every query's pool holds all the views (query and context views) of ``--pool_mazes`` mazes, its own and others
 drawn by seed, so a model with C context views picks among pool_mazes * (C + 1) candidates at every grid size.
@@ -18,10 +18,11 @@ from typing import List
 
 import torch
 
-from utils import command, retrieval
+from utils import command
+from utils.evaluation import retrieval
 from utils.checkpoint import CheckpointError
-from utils.dataset import EpisodeError
-from utils.hotel import MAX_SEED
+from utils.data.episodes import EpisodeError
+from utils.data.hotel import MAX_SEED
 
 PROG = "evaluate_retrieval.py"
 

@@ -13,7 +13,7 @@ approximation from its views, see :func:`approximate_map`) with the GEN's nodes 
 nodes the query reads in red (opacity = bilinear weight) and the camera as a black triangle pointing
 along its yaw.
 
-Yaw, as in ``utils/make_mazes.py`` and the real data: counter-clockwise from +x, the camera looks along
+Yaw, as in ``utils/data/make_mazes.py`` and the real data: counter-clockwise from +x, the camera looks along
 (cos yaw, sin yaw); maps are drawn north (+y) up, east (+x) right.
 """
 import argparse
@@ -31,9 +31,9 @@ from models.structure import CELL, SPACING
 from utils import command
 from utils.atomic import atomic_path
 from utils.checkpoint import CheckpointError
-from utils.dataset import EPISODE_SUFFIXES, EpisodeError, decode_views, list_episodes, load_episode
-from utils.hotel import MAX_SEED, POSE_EXTENT, WORLD_MAZES, maze_cells, maze_to_world, world_poses
-from utils.trained_model import load_candidate
+from utils.data.episodes import EPISODE_SUFFIXES, EpisodeError, decode_views, list_episodes, load_episode
+from utils.data.hotel import MAX_SEED, POSE_EXTENT, WORLD_MAZES, maze_cells, maze_to_world, world_poses
+from utils.evaluation.trained_model import load_candidate
 
 ORIGIN = (-1.0, -1.0)  # the hotel's lower-left world corner (the first maze's cell starts there)
 GT_RADIUS = 0.01  # camera units (a tenth of a maze square): a view this close counts as "from here"

@@ -13,7 +13,7 @@ script refuses a renderer's.
 """
 import sys
 
-from utils import schedules
+from utils.training import schedules
 from utils.training import cli, loop
 from utils.training.classify import ClassifyTask
 

@@ -11,7 +11,7 @@ picks it up again.
 """
 import sys
 
-from utils import schedules
+from utils.training import schedules
 from utils.command import number
 from utils.training import cli, loop
 from utils.training.cli import AUTO, COMPILE_MODES  # noqa: F401 - names this script always had

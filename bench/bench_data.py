@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.dataset import EpisodeError, decode_views, list_episodes, load_episode, pose_vectors
+from utils.data.episodes import EpisodeError, decode_views, list_episodes, load_episode, pose_vectors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "mazes" / "train"

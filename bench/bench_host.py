@@ -33,7 +33,7 @@ import time
 import torch
 
 from bench.bench_loader import add_loader_args, training_steps, warmup_batches
-from utils.hotel import step_loader
+from utils.data.hotel import step_loader
 
 SETUPS = ("alone", "main_pin", "pin_thread", "alone")
 

@@ -16,8 +16,8 @@ import os
 import time
 
 from bench.bench_data import add_data_dir
-from utils.dataset import EpisodeError
-from utils.hotel import HotelSteps, step_loader
+from utils.data.episodes import EpisodeError
+from utils.data.hotel import HotelSteps, step_loader
 
 
 def add_loader_args(p: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ from bench.naive import NaiveSceneModel
 from models.gqn import POSE_DIM
 from models.scene import SceneModel, ModelConfig
 from models.structure import CELL
-from utils import optimizer
+from utils.training import optimizer
 
 # Dense bf16 tensor-core peak, TFLOP/s, by a substring of torch.cuda.get_device_name (first match wins).
 BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))

@@ -5,7 +5,7 @@
 import argparse
 import math
 
-from utils.summaries import read_events
+from utils.training.summaries import read_events
 
 STEPS = (1, 10, 20, 60, 100, 200, 500, 1000, 2000, 5000, 10000)
 

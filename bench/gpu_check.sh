@@ -17,7 +17,7 @@
 #   train_cli     the training CLI itself on the GPU with --amp --compile for 400 steps (1x1 and 2x2 hotels),
 #                 then its median step time and loader wait (bench/step_times.py)
 #   train_cli_graphs     the same with --compile reduce-overhead (each step replayed as CUDA graphs)
-#   train_cli_rewritten  the same on DATA_DIR rewritten into our format (python -m utils.dataset rewrite)
+#   train_cli_rewritten  the same on DATA_DIR rewritten into our format (python -m utils.data.files rewrite)
 #   train_profile the CLI's host time per step by function, steps 61-160 only (bench/profile_cli.py)
 #
 #   bash bench/gpu_check.sh DATA_DIR [OUT_DIR]          # every part
@@ -100,7 +100,7 @@ run_part() {
         grep "^profiled" "$OUT_DIR/train.log" | tail -1 >>"$OUT_DIR/summary.txt" ;;
     train_cli_rewritten)  # the same episodes in our format: does the file format change the step?
         local ours="${TMPDIR:-/tmp}/gpu_check_rewritten"
-        part rewrite 120 $PY -m utils.dataset rewrite "$DATA" "$ours" --no_progress
+        part rewrite 120 $PY -m utils.data.episodes rewrite "$DATA" "$ours" --no_progress
         train_cli train_cli_rewritten "$ours" --compile ;;
     *) echo "unknown part $1" >>"$OUT_DIR/summary.txt" ;;
     esac

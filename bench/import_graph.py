@@ -1,6 +1,6 @@
 """Print the import graph of the project's own modules, folded to packages, and check its rules.
 
-    python -m bench.import_graph            # edges such as "train_scene_rendering -> utils.hotel"
+    python -m bench.import_graph            # edges such as "train_scene_rendering -> utils.data.hotel"
     python -m bench.import_graph --modules  # module to module
 
 Rules checked (exit status 1 and one line per violation otherwise): ``models/`` imports nothing from
@@ -47,7 +47,7 @@ def imports(path: Path, modules: dict) -> set:
 
 
 def fold(module: str) -> str:
-    """``utils.hotel`` -> ``utils``; entry scripts stay themselves."""
+    """``utils.data.hotel`` -> ``utils``; entry scripts stay themselves."""
     return module.split(".")[0] if module.split(".")[0] in PACKAGES else module
 
 

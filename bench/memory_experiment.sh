@@ -21,7 +21,7 @@ DATA=${DATA:-$OUT/mazes}
 RUNS=$OUT/runs
 mkdir -p "$OUT"
 if [ ! -d "$DATA/train" ]; then
-    python3 -m utils.make_mazes --out "$DATA" --train 2000 --test 300 --seed "$SEED" --workers 2 --contact-sheet ''
+    python3 -m utils.data.make_mazes --out "$DATA" --train 2000 --test 300 --seed "$SEED" --workers 2 --contact-sheet ''
 fi
 common=(@configs/memory_experiment.args --train_data_dir "$DATA/train" --test_data_dir "$DATA/test"
         --steps "$STEPS" --seed "$SEED" --workers 0 --root_log_dir "$RUNS" --saved_model auto)

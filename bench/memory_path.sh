@@ -19,7 +19,7 @@ QUERIES=${QUERIES:-400}
 DATA=$OUT/mazes
 mkdir -p "$OUT"
 if [ ! -d "$DATA/train" ]; then
-    $PY -m utils.make_mazes --out "$DATA" --train 300 --test 100 --seed 0 --workers "$(nproc)" --contact-sheet '' \
+    $PY -m utils.data.make_mazes --out "$DATA" --train 300 --test 100 --seed 0 --workers "$(nproc)" --contact-sheet '' \
         || exit 1
 fi
 RECIPE="--train_data_dir $DATA/train --test_data_dir $DATA/test --img_size 16 --layers 2 --batch_size 8

@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib
 
 from utils.command import number
-from utils.summaries import read_events
+from utils.training.summaries import read_events
 
 
 def moving_average(values, window):

@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from utils.command import number
-from utils.summaries import read_events
+from utils.training.summaries import read_events
 
 
 WAITS = ("time_data_wait", "time_device_wait")  # parts of a step: waiting for the loader, for the GPU

@@ -33,13 +33,6 @@ class ModelConfig:
         if self.layers < 1:
             raise ValueError(f"layers must be at least 1, got {self.layers}")
 
-    @classmethod
-    def from_args(cls, args) -> "ModelConfig":
-        """The model part of a training command line (an argparse namespace or its ``vars`` dict)."""
-        values = args if isinstance(args, dict) else vars(args)
-        return cls(img_size=values["img_size"], layers=values["layers"], baseline=values["baseline"],
-                   max_grid=values.get("max_grid", cls.max_grid), memory_norm=values["memory_norm"])
-
 
 class SceneModel(Renderer):
     def __init__(self, cfg: ModelConfig):

@@ -1,7 +1,7 @@
 """The GEN's geometry: where the graph nodes sit, which nodes are joined, and how a point is spread over
 the nodes around it. No learning happens here.
 
-World coordinates (see ``utils/hotel.py`` for how camera poses get there): every maze owns a square
+World coordinates (see ``utils/data/hotel.py`` for how camera poses get there): every maze owns a square
 cell of side ``CELL`` = 2. A k x k hotel has its lower-left corner at ``origin`` (per hotel, shifted
 at random inside the world during training); maze (i, j) occupies
 ``[origin_x + 2 i, origin_x + 2 i + 2] x [origin_y + 2 j, origin_y + 2 j + 2]``.

@@ -130,7 +130,7 @@ def test_bench_data_compares_with_the_decode_everything_path(capsys):
 
 
 def test_bench_data_on_a_damaged_episode_is_a_one_line_error(tmp_path, capsys):
-    from utils.dataset import load_episode, save_episode
+    from utils.data.episodes import load_episode, save_episode
     episode = load_episode(sorted(SAMPLES.glob("*.pt"))[0])
     save_episode(tmp_path / "bad.pt", [b"\xff\xd8" + bytes(100)] * len(episode), episode.cameras)  # undecodable
     args = bench_data.parse_args(["--data_dir", str(tmp_path), "--rounds", "1", "--per_round", "1", "--img_size", "16"])
@@ -141,7 +141,7 @@ def test_bench_data_on_a_damaged_episode_is_a_one_line_error(tmp_path, capsys):
 
 def test_step_times_reads_medians_after_the_skipped_steps(tmp_path, capsys):
     from bench import step_times
-    from utils.summaries import open_writer
+    from utils.training.summaries import open_writer
     writer = open_writer(tmp_path)
     for step in range(1, 8):  # steps 1-2 are slow (compilation), then 0.1 s with 0.02 s of loader wait
         writer.add_scalar("time_per_step", 30.0 if step <= 2 else 0.1 + step / 1000, step)

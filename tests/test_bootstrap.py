@@ -1,10 +1,10 @@
-"""utils/bootstrap.py: the percentile bootstrap behind evaluate.py's intervals."""
+"""utils/evaluation/bootstrap.py: the percentile bootstrap behind evaluate.py's intervals."""
 import math
 
 import pytest
 import torch
 
-from utils.bootstrap import bootstrap_interval
+from utils.evaluation.bootstrap import bootstrap_interval
 
 
 def test_the_95_percent_interval_covers_a_known_mean_about_95_times_in_100():
@@ -35,7 +35,7 @@ def test_intervals_are_fixed_by_the_seed_and_paired_columns_resample_together():
 
 
 def test_many_samples_are_resampled_in_blocks_and_infinities_do_not_become_nan(monkeypatch):
-    import utils.bootstrap as bootstrap
+    import utils.evaluation.bootstrap as bootstrap
 
     samples = torch.arange(50, dtype=torch.float64)
     whole = bootstrap_interval(samples, resamples=300)

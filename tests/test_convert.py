@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT, SHARED_MAZES, requires_shared
-from utils import convert
-from utils.dataset import episode_digests, load_episode
-from utils.tfrecord import TFRecordError, _crc_bytewise, crc32c, iter_records, masked_crc32c, parse_example
+from utils.data import convert
+from utils.data.episodes import episode_digests, load_episode
+from utils.data.tfrecord import TFRecordError, _crc_bytewise, crc32c, iter_records, masked_crc32c, parse_example
 
 TFRECORD = SHARED_MAZES / "tfrecord" / "0000-of-sample.tfrecord"
 MANIFEST = SHARED_MAZES / "tfrecord" / "0000-of-sample.manifest.json"
@@ -179,10 +179,10 @@ def test_convert_workers_across_splits(src, tmp_path):
 
 def test_convert_script_missing_src_layout(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = subprocess.run([sys.executable, "-m", "utils.convert", str(tmp_path / "empty"), str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "utils.data.convert", str(tmp_path / "empty"), str(tmp_path / "out")],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.startswith("python -m utils.convert: error: ") and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("python -m utils.data.convert: error: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr and "train/*.tfrecord" in result.stderr
     assert not (tmp_path / "out").exists()
 
@@ -230,7 +230,7 @@ def test_convert_disk_full_stops_and_a_rerun_resumes(tmp_path, monkeypatch, caps
     assert convert.main([str(src), str(dst), "--no_progress"]) == 2
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith(f"python -m utils.convert: error: {dst / 'test' / 't-0001.pt'}: No space left on device")
+    assert err.startswith(f"python -m utils.data.convert: error: {dst / 'test' / 't-0001.pt'}: No space left on device")
     assert "run the same command again to resume" in err and "record 1" not in err  # not a per-record error
     assert len(calls) == 2 and out == ""  # stopped at the failure, no summary
     first = dst / "test" / "t-0000.pt"
@@ -250,10 +250,10 @@ def test_convert_script_dst_is_a_file(tmp_path, workers):
     src = tiny_src(tmp_path / "src", names=("train/a", "test/b"), records=1)
     dst = tmp_path / "dst"
     dst.write_text("a file the user saved")
-    result = subprocess.run([sys.executable, "-m", "utils.convert", str(src), str(dst), "--workers", workers,
+    result = subprocess.run([sys.executable, "-m", "utils.data.convert", str(src), str(dst), "--workers", workers,
                              "--no_progress"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.startswith("python -m utils.convert: error: ") and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("python -m utils.data.convert: error: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr and f"{dst}/" in result.stderr and "Not a directory" in result.stderr
     assert dst.read_text() == "a file the user saved"
 

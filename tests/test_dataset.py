@@ -20,9 +20,10 @@ import torch
 import torchvision.io
 from PIL import Image
 
-import utils.dataset as dataset
+import utils.data.episodes as dataset
+from utils.data import files
 from tests.conftest import REPO_ROOT
-from utils.dataset import (
+from utils.data.episodes import (
     EPISODE_SUFFIXES,
     Episode,
     EpisodeError,
@@ -34,7 +35,7 @@ from utils.dataset import (
     pose_vectors,
     save_episode,
 )
-from utils.hotel import view_indices
+from utils.data.hotel import view_indices
 
 # Tests of the real episodes take their folder from the real_mazes fixture (tests/conftest.py).
 MANIFEST = "tfrecord/0000-of-sample.manifest.json"  # in that folder
@@ -452,7 +453,7 @@ def test_decode_views_values():
 def test_a_training_batch_carries_uint8_pixels_and_the_model_gets_decode_views_floats():
     """Loader workers pass uint8 (a quarter of the bytes); model_inputs makes the same floats decode_views
     would have."""
-    from utils.hotel import HotelSteps
+    from utils.data.hotel import HotelSteps
     steps = HotelSteps(REPO_ROOT / "data_samples" / "train", img_size=32, batch_size=4,
                        grids=[1], context_views=3, seed=0)
     batch = steps[5]
@@ -515,7 +516,7 @@ def batches_equal(a, b) -> bool:
 def test_the_training_loader_replaces_an_episode_whose_views_are_damaged(tmp_path, damage):
     """A file that loads but whose planned views cannot be read is replaced, like an unreadable file, by
     the next good episode, and reported once in bad_files."""
-    from utils.hotel import HotelSteps, build_hotels, episode_views
+    from utils.data.hotel import HotelSteps, build_hotels, episode_views
     damaged = damaged_folder(tmp_path, damage)
     steps = HotelSteps(tmp_path, img_size=16, batch_size=3, grids=[1], context_views=2, seed=0)
     step = next(s for s in range(100) if 1 in steps.plan(s).episodes.flatten().tolist())
@@ -530,7 +531,7 @@ def test_the_training_loader_replaces_an_episode_whose_views_are_damaged(tmp_pat
 def test_a_partly_damaged_episode_does_not_make_a_step_depend_on_the_steps_before(tmp_path, recwarn):
     """b's frame 0 is damaged, its others are not: a step that uses only b's good frames sees b, whether
     or not this worker met frame 0 before (a resumed or re-sharded run sees the same batches)."""
-    from utils.hotel import HotelSteps
+    from utils.data.hotel import HotelSteps
     damaged_folder(tmp_path, "undecodable JPEG", frames=[0])
     steps = HotelSteps(tmp_path, img_size=16, batch_size=3, grids=[1], context_views=1, seed=0)
 
@@ -551,7 +552,7 @@ def test_a_partly_damaged_episode_does_not_make_a_step_depend_on_the_steps_befor
 def test_every_tensor_of_a_training_batch_is_contiguous(grid):
     """Pinned and contiguous, a tensor's copy to the GPU is asynchronous; torch's copy_ sends a strided
     one through a pageable temporary, and a copy from pageable memory may wait for the GPU's queued work."""
-    from utils.hotel import HotelSteps
+    from utils.data.hotel import HotelSteps
     steps = HotelSteps(REPO_ROOT / "data_samples" / "train", img_size=16, batch_size=9, grids=[grid],
                        context_views=2, seed=0)
     batch = steps[0]
@@ -586,7 +587,7 @@ def test_info_cli_json_text_and_errors(tmp_path, capsys):
     save_episode(tmp_path / "a.pt", frames, cameras)
     save_episode(tmp_path / "c.pt.gz", frames, cameras)
     (tmp_path / "b.pt").write_bytes(b"corrupt")
-    assert dataset.main(["info", "--json", str(tmp_path)]) == 1
+    assert files.main(["info", "--json", str(tmp_path)]) == 1
     out, err = capsys.readouterr()
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["path"] for r in rows] == [str(tmp_path / "a.pt"), str(tmp_path / "c.pt.gz")]  # b.pt did not stop c
@@ -595,7 +596,7 @@ def test_info_cli_json_text_and_errors(tmp_path, capsys):
     assert rows[0]["x_range"] == [float(cameras[:, 0].min()), float(cameras[:, 0].max())]
     assert rows[0]["frames_sha256"] == rows[1]["frames_sha256"]
     assert err.count("error:") == 1 and str(tmp_path / "b.pt") in err
-    assert dataset.main(["info", str(tmp_path / "a.pt")]) == 0
+    assert files.main(["info", str(tmp_path / "a.pt")]) == 0
     out, _ = capsys.readouterr()
     assert "4 frames 84x84" in out and rows[0]["cameras_sha256"] in out
 
@@ -611,7 +612,7 @@ def test_rewrite_keeps_every_byte_and_resumes(real_mazes, tmp_path, capsys):
     gz = src / "zipped.pt.gz"  # a compressed legacy file comes out plain
     gz.write_bytes(gzip.compress(sources[0].read_bytes()))
     dst = tmp_path / "dst"
-    assert dataset.main(["rewrite", str(src), str(dst), "--no_progress"]) == 0
+    assert files.main(["rewrite", str(src), str(dst), "--no_progress"]) == 0
     assert sorted(p.name for p in dst.iterdir()) == sorted([p.name for p in sources] + ["zipped.pt"])
     for path in sources:
         out = dst / path.name
@@ -620,7 +621,7 @@ def test_rewrite_keeps_every_byte_and_resumes(real_mazes, tmp_path, capsys):
     assert episode_digests(load_episode(dst / "zipped.pt")) == episode_digests(load_episode(sources[0]))
     stamp = (dst / sources[1].name).stat().st_mtime_ns
     (dst / sources[2].name).unlink()  # as if interrupted before the last file
-    assert dataset.main(["rewrite", str(src), str(dst), "--no_progress"]) == 0
+    assert files.main(["rewrite", str(src), str(dst), "--no_progress"]) == 0
     assert (dst / sources[1].name).stat().st_mtime_ns == stamp, "finished episodes are not rewritten"
     assert episode_digests(load_episode(dst / sources[2].name)) == episode_digests(load_episode(sources[2]))
 
@@ -669,11 +670,11 @@ def test_rewrite_names_unreadable_files_and_exits_non_zero(tmp_path, capsys):
     (src / "bad.pt").write_bytes(b"not an episode")
     (src / "text.pt").write_bytes(original_layout(*tiny_episode(3)))
     corrupt_frame_text(src / "text.pt", 2)
-    assert dataset.main(["rewrite", str(src), str(tmp_path / "dst"), "--no_progress"]) == 1
+    assert files.main(["rewrite", str(src), str(tmp_path / "dst"), "--no_progress"]) == 1
     err = capsys.readouterr().err
     assert "bad.pt" in err and "text.pt: frame 2: " in err and "2 of 3 episodes" in err
     assert [p.name for p in (tmp_path / "dst").iterdir()] == ["good.pt"]
-    assert dataset.main(["rewrite", str(src), str(src)]) == 2
+    assert files.main(["rewrite", str(src), str(src)]) == 2
 
 
 # ---- pickle opcodes refused before unpickling ------------------------------------------------------------
@@ -901,9 +902,9 @@ def test_rewrite_refuses_two_sources_with_one_target(tmp_path, capsys):
     src.mkdir()
     save_episode(src / "a.pt", *distinct_episode(0))
     save_episode(src / "a.pt.gz", *distinct_episode(1))
-    assert dataset.main(["rewrite", str(src), str(dst), "--no_progress"]) == 2
+    assert files.main(["rewrite", str(src), str(dst), "--no_progress"]) == 2
     err = capsys.readouterr().err
-    assert err == (f"python -m utils.dataset: error: {src / 'a.pt'} and {src / 'a.pt.gz'} would both be written "
+    assert err == (f"python -m utils.data.files: error: {src / 'a.pt'} and {src / 'a.pt.gz'} would both be written "
                    f"to {dst / 'a.pt'}; rename one\n")
     assert not dst.exists()
 
@@ -916,8 +917,8 @@ def test_rewrite_os_errors_are_one_line(tmp_path, capsys, monkeypatch):
     for i in range(2):
         save_episode(src / f"{i}.pt", *distinct_episode(i))
     dst.write_text("my notes")
-    assert dataset.main(["rewrite", str(src), str(dst), "--no_progress"]) == 2
-    assert capsys.readouterr().err.startswith(f"python -m utils.dataset: error: {dst}: cannot create")
+    assert files.main(["rewrite", str(src), str(dst), "--no_progress"]) == 2
+    assert capsys.readouterr().err.startswith(f"python -m utils.data.files: error: {dst}: cannot create")
     assert dst.read_text() == "my notes"
     dst.unlink()
     dst.mkdir()
@@ -928,9 +929,9 @@ def test_rewrite_os_errors_are_one_line(tmp_path, capsys, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(dataset.os, "fsync", disk_full)
-    assert dataset.main(["rewrite", str(src), str(dst), "--no_progress"]) == 2
+    assert files.main(["rewrite", str(src), str(dst), "--no_progress"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"python -m utils.dataset: error: {dst / '1.pt'}: cannot write: "
+    assert err.count("\n") == 1 and err.startswith(f"python -m utils.data.files: error: {dst / '1.pt'}: cannot write: "
                                                    "No space left on device")
     assert os.listdir(dst) == ["0.pt"] and (dst / "0.pt").read_bytes() == before
 
@@ -941,7 +942,7 @@ def test_info_into_a_closed_pipe_stops_quietly(tmp_path):
     read, write = os.pipe()
     os.close(read)  # the first line written meets a closed pipe
     try:
-        done = subprocess.run([sys.executable, "-m", "utils.dataset", "info", str(tmp_path / "ep.pt")],
+        done = subprocess.run([sys.executable, "-m", "utils.data.files", "info", str(tmp_path / "ep.pt")],
                               cwd=REPO_ROOT, stdout=write, stderr=subprocess.PIPE, timeout=120)
     finally:
         os.close(write)

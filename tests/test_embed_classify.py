@@ -7,7 +7,7 @@ import torch
 
 from models.embed_classify import (CandidateEncoder, EmbedClassifier, EmbedClassifierConfig, candidates,
                                    encoder_halvings, judge, score)
-from utils.hotel import POSE_EXTENT, maze_cells, maze_to_world
+from utils.data.hotel import POSE_EXTENT, maze_cells, maze_to_world
 
 TINY_SIZE = 16
 COMPARISON = 254

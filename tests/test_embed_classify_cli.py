@@ -16,10 +16,10 @@ from models.embed_classify import EmbedClassifier, EmbedClassifierConfig
 from tests.conftest import REPO_ROOT
 from tests.train_support import (assert_one_line_error, make_scratch, one_thread, python, scratch,  # noqa: F401
                                  subprocess_env, tiny)
-from utils import schedules
+from utils.training import schedules
 from utils.checkpoint import (EMBED_CLASSIFY, RENDER, CheckpointError, checkpoint_task, load_checkpoint,
                               load_model_state, model_from_checkpoint, save_checkpoint)
-from utils.summaries import read_events
+from utils.training.summaries import read_events
 
 SAMPLES = REPO_ROOT / "data_samples" / "train"
 SCRIPT = REPO_ROOT / "train_embed_classify.py"

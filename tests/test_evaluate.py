@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import evaluate
-from utils import trained_model
+from utils.evaluation import trained_model
 from models.scene import ModelConfig, SceneModel
 from utils.checkpoint import FORMAT, save_checkpoint
 from tests.conftest import REPO_ROOT, SHARED_MAZES, requires_shared
-from utils.hotel import HotelBatch, build_hotels, maze_cells
+from utils.data.hotel import HotelBatch, build_hotels, maze_cells
 
 REPO = Path(__file__).resolve().parents[1]
 MAZES = SHARED_MAZES / "train"

@@ -29,12 +29,12 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import utils.dataset as dataset
+import utils.data.episodes as dataset
 from tests.test_convert import example, field, tfrecord_bytes
 from tests.test_dataset import tiny_episode
-from utils.convert import episode_arrays
-from utils.dataset import Episode, EpisodeError, load_episode, save_episode
-from utils.tfrecord import TFRecordError, iter_records, masked_crc32c, parse_example
+from utils.data.convert import episode_arrays
+from utils.data.episodes import Episode, EpisodeError, load_episode, save_episode
+from utils.data.tfrecord import TFRecordError, iter_records, masked_crc32c, parse_example
 
 LEGACY_EPISODE = "train/0.pt"  # in the real mazes' folder (the real_mazes fixture)
 TFRECORD = "tfrecord/0000-of-sample.tfrecord"

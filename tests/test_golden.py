@@ -1,6 +1,6 @@
 """Golden files: the committed ``data_samples/`` are what the documented command writes, byte for byte.
 
-The documentation (README.md or docs/) says how ``data_samples/`` was made: ``python -m utils.make_mazes --out
+The documentation (README.md or docs/) says how ``data_samples/`` was made: ``python -m utils.data.make_mazes --out
 data_samples --train 16 --test 25 --seed 0``. An episode is a pure function of (seed, split, index), so the
 same command with ``--train 1 --test 1`` writes the first episode of each split exactly as the full run
 did (0.1-0.2 s an episode, not 41 of them); the contact sheet needs 4 training episodes and is left out.
@@ -30,7 +30,7 @@ def documented_command() -> list:
         if doc.is_file():
             found += re.findall(r"^\s*python -m utils\.make_mazes (--out data_samples .*)$",
                                 doc.read_text(), re.M)
-    assert found, "no `python -m utils.make_mazes --out data_samples ...` line in README.md or docs/"
+    assert found, "no `python -m utils.data.make_mazes --out data_samples ...` line in README.md or docs/"
     assert len(set(found)) == 1, f"the documentation gives several commands for data_samples/: {set(found)}"
     return shlex.split(found[0])
 
@@ -56,7 +56,7 @@ def test_the_documented_command_rewrites_the_committed_samples_byte_for_byte(tmp
         "the documented counts are not the committed ones"
 
     out = tmp_path / "data_samples"
-    run = subprocess.run([sys.executable, "-m", "utils.make_mazes",
+    run = subprocess.run([sys.executable, "-m", "utils.data.make_mazes",
                           *with_options(argv, out=out, train=1, test=1, contact_sheet="")],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from models.scene import ModelConfig, SceneModel
-from utils.hotel import HotelSteps
+from utils.data.hotel import HotelSteps
 from tests.conftest import SHARED_MAZES, requires_shared
 
 

@@ -13,8 +13,8 @@ from models.scene import SceneModel
 from models.structure import GridStructure
 from tests.conftest import REPO_ROOT, SHARED_MAZES, requires_shared
 from tests.test_evaluate import tiny_checkpoint
-from utils.dataset import Episode
-from utils.hotel import MAX_SEED
+from utils.data.episodes import Episode
+from utils.data.hotel import MAX_SEED
 
 MAZES = SHARED_MAZES / "train"
 SAMPLES = REPO_ROOT / "data_samples" / "test"

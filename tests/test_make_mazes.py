@@ -1,4 +1,4 @@
-"""The procedural maze generator (``python -m utils.make_mazes``) and the committed data_samples/ it wrote."""
+"""The procedural maze generator (``python -m utils.data.make_mazes``) and the committed data_samples/ it wrote."""
 
 import io
 import math
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO_ROOT
-from utils import make_mazes as mm
-from utils.dataset import list_episodes, load_episode
+from utils.data import make_mazes as mm
+from utils.data.episodes import list_episodes, load_episode
 
 SEEDS = (0, 1, 7)
 
@@ -189,7 +189,7 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path, flag, va
     with pytest.raises(SystemExit) as exit_:
         mm.cli(["--out", str(tmp_path / "o"), flag, value])
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_.value.code == 2 and err[-1] == f"python -m utils.make_mazes: error: argument {flag}: {message}"
+    assert exit_.value.code == 2 and err[-1] == f"python -m utils.data.make_mazes: error: argument {flag}: {message}"
     assert not (tmp_path / "o").exists()
 
 
@@ -238,7 +238,7 @@ def test_runs_never_mix_in_one_folder(tmp_path, capsys):
 
     # another seed into the same folder: refused before writing, the first run's files untouched
     assert mm.cli(base + ["--train", "1", "--seed", "5"]) == 2
-    assert capsys.readouterr().err == (f"python -m utils.make_mazes: error: {out / 'train'} already holds 3 episode "
+    assert capsys.readouterr().err == (f"python -m utils.data.make_mazes: error: {out / 'train'} already holds 3 episode "
                                        "file(s), e.g. maze-0000.pt; remove them or choose another --out, so that "
                                        "two runs' episodes never mix\n")
     assert {p.name: p.read_bytes() for p in (out / "train").iterdir()} == first_run
@@ -261,10 +261,10 @@ def test_runs_never_mix_in_one_folder(tmp_path, capsys):
 def test_script_out_is_a_file_one_line_error(tmp_path):
     taken = tmp_path / "taken"
     taken.write_text("mine")
-    result = subprocess.run([sys.executable, "-m", "utils.make_mazes", "--out", str(taken), "--train", "1", "--test",
+    result = subprocess.run([sys.executable, "-m", "utils.data.make_mazes", "--out", str(taken), "--train", "1", "--test",
                              "0", "--views", "1"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
-    assert result.stderr.startswith("python -m utils.make_mazes: error: ") and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("python -m utils.data.make_mazes: error: ") and result.stderr.count("\n") == 1
     assert "Not a directory" in result.stderr and taken.read_text() == "mine"
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from models.scene import ModelConfig, SceneModel
-from utils.diagnostics import composer_grad_norm, memory_diagnostics, other_mazes_views
-from utils.hotel import HotelSteps
+from utils.training.diagnostics import composer_grad_norm, memory_diagnostics, other_mazes_views
+from utils.data.hotel import HotelSteps
 from tests.conftest import REPO_ROOT
 
 STEPS = 15

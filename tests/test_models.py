@@ -10,7 +10,7 @@ from models.gqn import SummedComposer
 from models.renderer import gaussian_kl
 from models.scene import ModelConfig, SceneModel, clean_state_dict, unwrap
 from models.structure import CELL, SPACING, GridStructure, nodes_per_side
-from utils.hotel import POSE_EXTENT, maze_cells, maze_to_world
+from utils.data.hotel import POSE_EXTENT, maze_cells, maze_to_world
 from tests.conftest import REPO_ROOT
 
 TINY = dict(img_size=16, layers=2)

@@ -3,7 +3,7 @@ import copy
 
 import torch
 
-from utils import optimizer
+from utils.training import optimizer
 
 
 def _params(device, seed=0):

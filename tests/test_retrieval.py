@@ -1,4 +1,4 @@
-"""evaluate_retrieval.py and utils/retrieval.py: fixed-size candidate pools per query, accuracy and its interval,
+"""evaluate_retrieval.py and utils/evaluation/retrieval.py: fixed-size candidate pools per query, accuracy and its interval,
 the CLI's CSV and its refusals. Tiny: 16 px, 2 context views, a handful of queries, untrained models."""
 import csv
 
@@ -9,9 +9,9 @@ import evaluate_retrieval
 from models.embed_classify import EmbedClassifier, EmbedClassifierConfig
 from tests.conftest import REPO_ROOT
 from tests.train_support import assert_one_line_error, one_thread, scratch  # noqa: F401
-from utils import retrieval
+from utils.evaluation import retrieval
 from utils.checkpoint import EMBED_CLASSIFY, RENDER, save_checkpoint
-from utils.dataset import to_unit
+from utils.data.episodes import to_unit
 
 TEST = REPO_ROOT / "data_samples" / "test"
 VIEWS = 2  # context views per maze

@@ -20,12 +20,12 @@ import train_scene_rendering as train
 from tests.conftest import REPO_ROOT
 from tests.train_support import (SCRIPT, main_error, one_thread, python, scratch,  # noqa: F401
                                  subprocess_env, tiny)
-from utils import schedules
+from utils.training import schedules
 from utils.checkpoint import CheckpointError, checkpoint_step, save_checkpoint
-from utils.checkpoint_dir import CheckpointDir
-from utils.dataset import list_episodes
-from utils.hotel import plan_step
-from utils.summaries import read_events
+from utils.training.checkpoint_dir import CheckpointDir
+from utils.data.episodes import list_episodes
+from utils.data.hotel import plan_step
+from utils.training.summaries import read_events
 
 
 def load(path):
@@ -363,8 +363,8 @@ def test_a_resumed_run_keeps_the_logs_of_its_checkpoint_step(scratch, one_thread
 def test_a_damaged_episode_is_replaced_by_one_its_hotel_does_not_hold_yet(tmp_path, recwarn):
     """2x2 hotels from 5 episodes, one damaged: whichever step draws it, the 4 mazes stay distinct."""
     from tests.test_dataset import distinct_episode
-    from utils.dataset import save_episode
-    from utils.hotel import HotelSteps
+    from utils.data.episodes import save_episode
+    from utils.data.hotel import HotelSteps
 
     for i, name in enumerate("abcde"):
         save_episode(tmp_path / f"{name}.pt", *distinct_episode(i))
@@ -426,7 +426,7 @@ def test_an_error_in_the_first_evaluation_exits_without_waiting_for_loader_worke
 
 def test_episodes_whose_cameras_leave_the_maze_extent_are_warned_about(scratch, one_thread, capsys):
     """Cameras at another scale would be stretched into neighbouring mazes' cells: say so at the start."""
-    from utils.dataset import load_episode, save_episode
+    from utils.data.episodes import load_episode, save_episode
     data = scratch / "scaled"
     data.mkdir()
     for path in sorted(SAMPLES.glob("*.pt"))[:4]:
@@ -443,7 +443,7 @@ def test_episodes_whose_cameras_leave_the_maze_extent_are_warned_about(scratch, 
 def test_a_run_resumed_within_the_same_second_keeps_the_last_runs_events(tmp_path, monkeypatch):
     """tensorboardX names event files by the second; a second writer of that name used to truncate the first."""
     import time
-    from utils.summaries import open_writer
+    from utils.training.summaries import open_writer
     monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)  # both writers open in the same second
     first = open_writer(tmp_path)
     first.add_scalar("train/loss", 1.0, 1)

@@ -14,12 +14,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import train_scene_rendering as train
 from models.scene import ModelConfig, SceneModel
+from utils.checkpoint import model_config
 from tests.conftest import REPO_ROOT, requires_cuda
 from tests.test_models import random_hotel
 from tests.train_support import (SCRIPT, assert_one_line_error, main_error, make_scratch,  # noqa: F401
                                  one_thread, python, scratch, subprocess_env, tiny)
-from utils import distributed, schedules
-from utils.summaries import read_events
+from utils.training import distributed, schedules
+from utils.training.summaries import read_events
 
 SAMPLES = REPO_ROOT / "data_samples" / "train"
 STRAIGHT = ["--batch_size", 4, "--train_grids", 1, 2, "--test_grids", 1, 2, "--log_interval", 3,
@@ -64,7 +65,7 @@ def test_checkpoint_holds_everything_needed_to_resume(straight_run):
     assert checkpoint["args"]["train_grids"] == [1, 2] and checkpoint["args"]["img_size"] == 16
     assert checkpoint["optimizer_state_dict"]["state"], "Adam moments are saved"
     assert isinstance(checkpoint["rng_state"]["torch"], torch.Tensor)
-    model = SceneModel(ModelConfig.from_args(checkpoint["args"]))
+    model = SceneModel(model_config(checkpoint["args"]))
     model.load_state_dict(checkpoint["model_state_dict"])  # strict: exactly this model's weights
 
 
@@ -488,8 +489,8 @@ def test_torchrun_on_two_nodes_with_a_rendezvous_endpoint(real_tiny, scratch):
 
 def test_under_torchrun_a_damaged_episode_counts_once_not_once_per_rank(scratch):
     """One damaged episode of 16 is within --max_bad_files 0.1 (1.6 episodes) however many ranks meet it."""
-    from utils.dataset import list_episodes
-    from utils.hotel import plan_step
+    from utils.data.episodes import list_episodes
+    from utils.data.hotel import plan_step
 
     samples = REPO_ROOT / "data_samples"
     paths = list_episodes(samples / "train")
@@ -633,7 +634,7 @@ def test_cuda_graphs_train_like_the_default_compile(scratch):
 
 
 def test_runs_with_different_seeds_share_no_step_however_long_they_train():
-    from utils.hotel import step_key
+    from utils.data.hotel import step_key
     # A linear mix (seed * 1,000,003 + step) gave seed 1's step 5 the key of seed 0's step 1,000,008.
     assert step_key(1, 5, 0) != step_key(0, 1_000_008, 0)
     keys = {step_key(seed, step, rank) for seed in range(3) for step in (0, 1, 10 ** 6, 10 ** 6 + 3, 10 ** 9)

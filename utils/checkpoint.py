@@ -196,6 +196,13 @@ def load_model_state(model: torch.nn.Module, state_dict: dict, path="checkpoint"
     model.load_state_dict(state_dict)
 
 
+def model_config(args) -> ModelConfig:
+    """The renderer a run's flags describe (an argparse namespace, or a checkpoint's ``args`` dict)."""
+    values = args if isinstance(args, dict) else vars(args)
+    return ModelConfig(img_size=values["img_size"], layers=values["layers"], baseline=values["baseline"],
+                       max_grid=values.get("max_grid", ModelConfig.max_grid), memory_norm=values["memory_norm"])
+
+
 def model_from_checkpoint(path, device="cpu"):
     """(model in eval mode, checkpoint dict) from a checkpoint this project wrote."""
     checkpoint = load_checkpoint(path)
@@ -203,7 +210,7 @@ def model_from_checkpoint(path, device="cpu"):
     if "args" not in checkpoint:
         raise CheckpointError(f"{path} has no saved args (an original-format checkpoint?): "
                               f"resume it with train_scene_rendering.py --saved_model instead")
-    model = SceneModel(ModelConfig.from_args(checkpoint["args"]))
+    model = SceneModel(model_config(checkpoint["args"]))
     load_model_state(model, checkpoint["model_state_dict"], path)
     if "upgraded" in checkpoint:
         warnings.warn(f"{path}: {checkpoint['upgraded']}")

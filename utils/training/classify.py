@@ -11,7 +11,7 @@ picked for it, of the last training batch and of each test grid.
 from torch import nn
 
 from models.embed_classify import EmbedClassifier, EmbedClassifierConfig, candidates
-from utils import summaries
+from utils.training import summaries
 from utils.checkpoint import EMBED_CLASSIFY
 from utils.training.task import LR_FLAGS, Task
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from models.scene import IMAGE_SIZES
-from utils import schedules
+from utils.training import schedules
 from utils.command import number
-from utils.hotel import MAX_SEED, WORLD_MAZES
+from utils.data.hotel import MAX_SEED, WORLD_MAZES
 
 AUTO = "auto"
 COMPILE_MODES = ("default", "reduce-overhead")  # torch.compile modes for --compile

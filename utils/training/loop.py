@@ -21,11 +21,11 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from utils import distributed, optimizer, schedules, summaries
+from utils.training import distributed, optimizer, schedules, summaries
 from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model_state, require_task
-from utils.checkpoint_dir import CheckpointDir
-from utils.dataset import EpisodeError, list_episodes
-from utils.hotel import HotelSteps, extent_warning, step_key, step_loader
+from utils.training.checkpoint_dir import CheckpointDir
+from utils.data.episodes import EpisodeError, list_episodes
+from utils.data.hotel import HotelSteps, extent_warning, step_key, step_loader
 from utils.training.cli import AUTO
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit

@@ -3,14 +3,14 @@ the pixel sigma annealed beside the learning rate.
 
 TensorBoard: ``train/kl``, ``sigma``, ``diag/composer_grad_norm`` every step; at every evaluation
 ``test/loss_{k}x{k}`` (-ELBO) and ``test/kl_{k}x{k}``, image grids (truth / reconstruction / generation) of the
-last training batch and of each test grid, and the memory path's health (``diag/*``, utils/diagnostics.py).
+last training batch and of each test grid, and the memory path's health (``diag/*``, utils/training/diagnostics.py).
 """
 import torch
 
-from models.scene import ModelConfig, SceneModel
-from utils import schedules, summaries
-from utils.checkpoint import RENDER
-from utils.diagnostics import DEAD_WARNING, composer_grad_norm, memory_diagnostics
+from models.scene import SceneModel
+from utils.training import schedules, summaries
+from utils.checkpoint import RENDER, model_config
+from utils.training.diagnostics import DEAD_WARNING, composer_grad_norm, memory_diagnostics
 from utils.training.task import LR_FLAGS, Task
 
 SIGMA_FLAGS = ("sigma", "sigma_final", "sigma_steps")
@@ -31,7 +31,7 @@ class RenderTask(Task):
         return "GQN baseline" if self.args.baseline else "GEN"
 
     def build_model(self):
-        return SceneModel(ModelConfig.from_args(self.args))
+        return SceneModel(model_config(self.args))
 
     # --- a step
 

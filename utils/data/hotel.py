@@ -19,7 +19,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from models.structure import CELL
-from utils.dataset import EpisodeError, decode_pixels, list_episodes, load_episode, pose_vectors, to_unit
+from utils.data.episodes import EpisodeError, decode_pixels, list_episodes, load_episode, pose_vectors, to_unit
 
 POSE_EXTENT = (-0.4, 0.3)
 WORLD_MAZES = 5  # the world holds 5 x 5 mazes (10 x 10 units, as in the original)

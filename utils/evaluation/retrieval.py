@@ -7,7 +7,7 @@ query's own maze and ``pool_mazes - 1`` other test episodes drawn by seed. A mod
 picks among P = pool_mazes * (C + 1) candidates at every grid size, and chance is 1 / P.
 
 Inputs, for grid size k and ``queries`` N: ceil(N / k^2) hotels of k x k distinct test episodes, hotel i being
-``utils.hotel.plan_step(seed, i, ...)`` (the hotels evaluate.py scores renderers on); one query per maze, the
+``utils.data.hotel.plan_step(seed, i, ...)`` (the hotels evaluate.py scores renderers on); one query per maze, the
 last hotel's first queries making up the count. A model with C context views sees the first C of the
 ``PLANNED_CONTEXT_VIEWS`` planned per maze. A query's distractor mazes, their views and the order of its pool
 are functions of (seed, k, hotel, maze) alone (:func:`pool_plan`, :func:`pool_order`): every checkpoint is
@@ -26,11 +26,11 @@ import torch
 
 from models.embed_classify import EmbedClassifier, EmbedClassifierConfig, judge
 from utils.atomic import atomic_path
-from utils.bootstrap import bootstrap_interval
+from utils.evaluation.bootstrap import bootstrap_interval
 from utils.checkpoint import EMBED_CLASSIFY, CheckpointError, load_checkpoint, load_model_state, require_task
-from utils.dataset import to_unit
-from utils.hotel import WORLD_MAZES, EpisodeCache, HotelBatch, StepPlan, build_hotels, plan_step
-from utils.trained_model import run_name
+from utils.data.episodes import to_unit
+from utils.data.hotel import WORLD_MAZES, EpisodeCache, HotelBatch, StepPlan, build_hotels, plan_step
+from utils.evaluation.trained_model import run_name
 
 POOL_MAZES = 4  # the query's own maze and 3 other test mazes
 PLANNED_CONTEXT_VIEWS = 64  # as evaluate.py: a model with C context views sees the first C

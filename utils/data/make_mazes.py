@@ -1,10 +1,10 @@
 """Procedural DeepMind-Lab-like maze episodes: the project's built-in `data_samples/`.
 
-    python -m utils.make_mazes --out data_samples --train 16 --test 25 --seed 0
-    python -m utils.make_mazes --out more_mazes --train 0 --test 400 --workers 8 --contact-sheet ''
+    python -m utils.data.make_mazes --out data_samples --train 16 --test 25 --seed 0
+    python -m utils.data.make_mazes --out more_mazes --train 0 --test 400 --workers 8 --contact-sheet ''
 
 Each episode is one random maze seen from 300 first-person views, written with
-`utils.dataset.save_episode` as `OUT/{train,test}/maze-NNNN.pt` (84x84 RGB JPEG bytes + float32 cameras
+`utils.data.episodes.save_episode` as `OUT/{train,test}/maze-NNNN.pt` (84x84 RGB JPEG bytes + float32 cameras
 (300, 5) = x, y, z, yaw, pitch), with a top-down map `maze-NNNN.map.png` beside it. OUT/train and
 OUT/test must not hold episode files yet (the run stops with an error before writing), so runs never mix.
 
@@ -66,7 +66,7 @@ from PIL import Image
 
 from utils import command
 
-PROG = "python -m utils.make_mazes"  # run from the repository root
+PROG = "python -m utils.data.make_mazes"  # run from the repository root
 
 # --- Geometry of a maze (real data's units) ---------------------------------------------------------
 GRID = 7                        # cells per side
@@ -602,7 +602,7 @@ def make_episode(rng: np.random.Generator, n_views: int = N_VIEWS,
 def write_episode(folder: str, split: str, index: int, seed: int, n_views: int, quality: int, keep: bool):
     """Build episode `index` of a split and write it and its map; returns its path and, with `keep`,
     (frames, map image) for the contact sheet. A pure function of its arguments, so any process may run it."""
-    from utils.dataset import save_episode
+    from utils.data.episodes import save_episode
 
     maze, frames, cameras = make_episode(episode_rng(seed, split, index), n_views, quality)
     path = os.path.join(folder, f"maze-{index:04d}.pt")
@@ -652,7 +652,7 @@ def check_no_episodes(out: str) -> None:
     """Refuse split folders that already hold episodes: this run's would mix with them (an earlier run's
     higher-numbered mazes stay behind, another seed's are overwritten by number), and a user's episodes
     would be lost."""
-    from utils.dataset import EpisodeError, list_episodes
+    from utils.data.episodes import EpisodeError, list_episodes
 
     for split in SPLITS:
         folder = os.path.join(out, split)
@@ -692,7 +692,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
-    import utils.dataset  # noqa: F401  (imports torch: keep it out of the timing)
+    import utils.data.episodes  # noqa: F401  (imports torch: keep it out of the timing)
 
     check_no_episodes(args.out)  # before writing anything
     start = time.perf_counter()

@@ -1,11 +1,11 @@
 """Convert DeepMind's GQN TFRecord files into episode files, without TensorFlow.
 
-    python -m utils.convert SRC DST [--workers N]        (from the repository root)
+    python -m utils.data.convert SRC DST [--workers N]        (from the repository root)
 
 SRC holds ``train/*.tfrecord`` and/or ``test/*.tfrecord`` (the layout of the public ``gqn-dataset``
 bucket's ``mazes`` folder). Every record (one ``tf.train.Example`` with ``frames``: 300 JPEGs and
 ``cameras``: 300 x 5 floats) becomes ``DST/<split>/<tfrecord stem>-<record index:04d>.pt`` in our episode
-format (:func:`utils.dataset.save_episode`), JPEG bytes and camera floats unchanged.
+format (:func:`utils.data.episodes.save_episode`), JPEG bytes and camera floats unchanged.
 
 Records are streamed one at a time; both CRCs of every record are checked. Files are spread over
 ``--workers`` processes. Outputs are written atomically, and outputs that already exist are skipped
@@ -29,10 +29,10 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.command import number, print_error
-from utils.dataset import CAMERA_FIELDS, EpisodeError, save_episode
-from utils.tfrecord import TFRecordError, iter_records, parse_example
+from utils.data.episodes import CAMERA_FIELDS, EpisodeError, save_episode
+from utils.data.tfrecord import TFRecordError, iter_records, parse_example
 
-PROG = "python -m utils.convert"
+PROG = "python -m utils.data.convert"
 SPLITS = ("train", "test")
 TFRECORD_SUFFIX = ".tfrecord"
 
@@ -211,6 +211,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from utils.convert import main as _main  # workers then find their functions as utils.convert.*
+    from utils.data.convert import main as _main  # workers then find their functions as utils.data.convert.*
 
     sys.exit(_main())
