@@ -9,6 +9,9 @@ import pytest
 import torch
 
 import evaluate
+from utils.evaluation import metrics
+from utils.evaluation import report
+from utils.evaluation import scenes
 from utils.evaluation import trained_model
 from models.scene import ModelConfig, SceneModel
 from utils.checkpoint import FORMAT, save_checkpoint
@@ -39,16 +42,16 @@ def checkpoints(tmp_path_factory):
 def test_ssim_is_one_for_identical_images_and_matches_the_closed_form_for_flat_images():
     torch.manual_seed(0)
     x = torch.rand(3, 3, 16, 16)
-    assert torch.allclose(evaluate.ssim(x, x), torch.ones(3))
+    assert torch.allclose(metrics.ssim(x, x), torch.ones(3))
     y = torch.rand(3, 3, 16, 16)
-    assert torch.allclose(evaluate.ssim(x, y), evaluate.ssim(y, x))
-    assert (evaluate.ssim(x, y) < 0.5).all()
+    assert torch.allclose(metrics.ssim(x, y), metrics.ssim(y, x))
+    assert (metrics.ssim(x, y) < 0.5).all()
     # Flat images: no variance, so SSIM = (2ab + C1) / (a^2 + b^2 + C1).
     a, b = 0.2, 0.7
-    flat = evaluate.ssim(torch.full((1, 3, 16, 16), a), torch.full((1, 3, 16, 16), b))
-    expected = (2 * a * b + evaluate.SSIM_C1) / (a * a + b * b + evaluate.SSIM_C1)
+    flat = metrics.ssim(torch.full((1, 3, 16, 16), a), torch.full((1, 3, 16, 16), b))
+    expected = (2 * a * b + metrics.SSIM_C1) / (a * a + b * b + metrics.SSIM_C1)
     assert flat.item() == pytest.approx(expected, rel=1e-5)
-    window = evaluate.gaussian_window()
+    window = metrics.gaussian_window()
     assert window.shape == (11, 11) and window.sum().item() == pytest.approx(1.0)
 
 
@@ -58,8 +61,8 @@ def test_model_labels_name_the_run_of_a_training_checkpoint():
 
 
 def test_psnr_of_an_mse():
-    assert evaluate.psnr(0.01) == pytest.approx(20.0)
-    assert evaluate.psnr(0.0) == math.inf
+    assert metrics.psnr(0.01) == pytest.approx(20.0)
+    assert metrics.psnr(0.0) == math.inf
 
 
 def synthetic_batch(grid=2, views=4, size=16, seed=0) -> HotelBatch:
@@ -78,43 +81,43 @@ def synthetic_batch(grid=2, views=4, size=16, seed=0) -> HotelBatch:
 
 def test_nearest_view_is_exact_when_the_query_pose_is_a_context_pose():
     batch = synthetic_batch()
-    frames, poses = evaluate.maze_contexts(batch)  # (1, M, C, ...)
+    frames, poses = scenes.maze_contexts(batch)  # (1, M, C, ...)
     chosen = torch.tensor([2, 0, 3, 1])  # a different context view of each maze
     mazes = torch.arange(4)
     pixels = batch.context_frames.unflatten(1, (4, -1))  # uint8, as the loader delivers them
     batch = batch._replace(query_frames=pixels[0, mazes, chosen][None], query_poses=poses[0, mazes, chosen][None])
-    answer = evaluate.nearest_view(batch)
+    answer = scenes.nearest_view(batch)
     assert torch.equal(answer, frames[0, mazes, chosen])
-    row = evaluate.finish(evaluate.image_row(answer, frames[0, mazes, chosen]), 4)
+    row = metrics.finish(metrics.image_row(answer, frames[0, mazes, chosen]), 4)
     assert row["mse"] == 0 and row["psnr"] == math.inf and row["ssim"] == pytest.approx(1.0)
     # The mean image is the mean of the query's own maze's context views.
-    assert torch.allclose(evaluate.mean_view(batch), frames[0].mean(1))
+    assert torch.allclose(scenes.mean_view(batch), frames[0].mean(1))
 
 
 def test_pose_distance_weighs_position_and_wrapped_yaw():
     def pose(x, y, yaw):
         return torch.tensor([x, y, 0.0, math.cos(yaw), math.sin(yaw), 1.0, 0.0])
 
-    assert evaluate.pose_distance(pose(0, 0, 3.1), pose(0, 0, -3.1)).item() == pytest.approx(
-        evaluate.YAW_WEIGHT * (2 * math.pi - 6.2), abs=1e-5)
-    assert evaluate.pose_distance(pose(0, 0, 0), pose(0.3, 0.4, math.pi / 2)).item() == pytest.approx(
-        0.5 + evaluate.YAW_WEIGHT * math.pi / 2, abs=1e-5)
+    assert scenes.pose_distance(pose(0, 0, 3.1), pose(0, 0, -3.1)).item() == pytest.approx(
+        scenes.YAW_WEIGHT * (2 * math.pi - 6.2), abs=1e-5)
+    assert scenes.pose_distance(pose(0, 0, 0), pose(0.3, 0.4, math.pi / 2)).item() == pytest.approx(
+        0.5 + scenes.YAW_WEIGHT * math.pi / 2, abs=1e-5)
 
 
 def test_the_dataset_mean_leaves_out_the_querys_own_episode():
     means = torch.rand(4, 3, 2, 2, dtype=torch.float64)
-    answer = evaluate.dataset_mean_view(torch.tensor([2, 0, 2]), means)
+    answer = scenes.dataset_mean_view(torch.tensor([2, 0, 2]), means)
     assert answer.shape == (3, 3, 2, 2) and answer.dtype == torch.float32
     assert torch.allclose(answer[0], means[[0, 1, 3]].mean(0).float())
     assert torch.allclose(answer[1], means[[1, 2, 3]].mean(0).float())
-    load = evaluate.EpisodeCache(SAMPLES)
+    load = scenes.EpisodeCache(SAMPLES)
     frames = load.mean_frames(16)
     assert frames.shape == (len(load), 3, 16, 16) and 0 < frames.min() and frames.max() < 1
 
 
 # ---- inputs ----------------------------------------------------------------------------------------
 def test_query_hotels_are_drawn_from_all_test_episodes():
-    plans = evaluate.evaluation_plans(seed=0, hotels=4, n_episodes=60, grid=5, context_views=8)
+    plans = scenes.evaluation_plans(seed=0, hotels=4, n_episodes=60, grid=5, context_views=8)
     hotels = [frozenset(plan.episodes[0].tolist()) for plan in plans]
     assert all(len(hotel) == 25 for hotel in hotels) and len(set(hotels)) == 4
     assert max(max(hotel) for hotel in hotels) >= 25
@@ -122,23 +125,23 @@ def test_query_hotels_are_drawn_from_all_test_episodes():
 
 @pytest.mark.parametrize("grid", [1, 2, 4, 5])
 def test_the_context_swap_changes_only_the_context_frames_and_no_maze_keeps_its_own(grid):
-    load = evaluate.EpisodeCache(SAMPLES)  # 25 episodes: enough to spare for 1x1 to 3x3 hotels, not for 4x4, 5x5
+    load = scenes.EpisodeCache(SAMPLES)  # 25 episodes: enough to spare for 1x1 to 3x3 hotels, not for 4x4, 5x5
     n, mazes = len(load), grid * grid
-    plans = evaluate.evaluation_plans(seed=1, hotels=3, n_episodes=n, grid=grid, context_views=4)
-    donors = [evaluate.context_swap(plan, n, seed=i) for i, plan in enumerate(plans)]
-    again = [evaluate.context_swap(plan, n, seed=i) for i, plan in enumerate(plans)]
+    plans = scenes.evaluation_plans(seed=1, hotels=3, n_episodes=n, grid=grid, context_views=4)
+    donors = [scenes.context_swap(plan, n, seed=i) for i, plan in enumerate(plans)]
+    again = [scenes.context_swap(plan, n, seed=i) for i, plan in enumerate(plans)]
     assert all(torch.equal(d.episodes, a.episodes) for d, a in zip(donors, again)), "seeded"
-    plan, donor = evaluate.merged(plans), evaluate.merged(donors)
+    plan, donor = scenes.merged(plans), scenes.merged(donors)
     # The swap's plan: the same grid, view fractions and hotel positions, another episode for every maze.
     assert donor.grid == plan.grid and torch.equal(donor.views, plan.views) and torch.equal(donor.origin, plan.origin)
     assert (donor.episodes != plan.episodes).all()
     assert all(len(set(hotel.tolist())) == mazes for hotel in donor.episodes), "distinct donors in a hotel"
     # Donors from outside the hotel while there are episodes to spare (n >= 2 k^2), else as few inside as can be.
-    inside = evaluate.donors_in_hotel(plan, donor)
+    inside = scenes.donors_in_hotel(plan, donor)
     assert inside.float().mean().item() == pytest.approx(max(0, 2 * mazes - n) / mazes)
 
     batch = build_hotels(plan, load.views(16))
-    swapped = evaluate.swap_contexts(batch, build_hotels(donor, load.views(16)))
+    swapped = scenes.swap_contexts(batch, build_hotels(donor, load.views(16)))
     assert swapped.grid == batch.grid and torch.equal(swapped.origin, batch.origin)
     for name in ("context_poses", "query_frames", "query_poses"):
         assert torch.equal(getattr(swapped, name), getattr(batch, name)), name
@@ -150,19 +153,19 @@ def test_the_context_swap_changes_only_the_context_frames_and_no_maze_keeps_its_
     assert not (own[:, :, :, None] == other[:, :, None]).all(-1).any()
     assert not (other == query[:, :, None]).all(-1).any()
     with pytest.raises(ValueError):
-        evaluate.swap_contexts(batch, build_hotels(evaluate.with_context_views(donor, 2), load.views(16)))
+        scenes.swap_contexts(batch, build_hotels(scenes.with_context_views(donor, 2), load.views(16)))
 
 
 @requires_shared
 def test_models_with_fewer_context_views_see_the_same_queries_and_a_subset_of_the_contexts():
-    load = evaluate.EpisodeCache(MAZES)
-    plans = evaluate.evaluation_plans(seed=3, hotels=2, n_episodes=len(load), grid=2, context_views=8)
-    again = evaluate.evaluation_plans(seed=3, hotels=2, n_episodes=len(load), grid=2, context_views=8)
-    assert evaluate.plan_digest(plans) == evaluate.plan_digest(again)
-    assert evaluate.plan_digest(plans) != evaluate.plan_digest(
-        evaluate.evaluation_plans(seed=4, hotels=2, n_episodes=len(load), grid=2, context_views=8))
-    full = build_hotels(evaluate.merged(plans), load.views(16))
-    fewer = build_hotels(evaluate.merged([evaluate.with_context_views(p, 3) for p in plans]), load.views(16))
+    load = scenes.EpisodeCache(MAZES)
+    plans = scenes.evaluation_plans(seed=3, hotels=2, n_episodes=len(load), grid=2, context_views=8)
+    again = scenes.evaluation_plans(seed=3, hotels=2, n_episodes=len(load), grid=2, context_views=8)
+    assert scenes.plan_digest(plans) == scenes.plan_digest(again)
+    assert scenes.plan_digest(plans) != scenes.plan_digest(
+        scenes.evaluation_plans(seed=4, hotels=2, n_episodes=len(load), grid=2, context_views=8))
+    full = build_hotels(scenes.merged(plans), load.views(16))
+    fewer = build_hotels(scenes.merged([scenes.with_context_views(p, 3) for p in plans]), load.views(16))
     assert full.context_frames.shape == (2, 4 * 8, 3, 16, 16)
     assert torch.equal(full.query_frames, fewer.query_frames) and torch.equal(full.query_poses, fewer.query_poses)
     assert torch.equal(full.context_frames.unflatten(1, (4, 8))[:, :, :3], fewer.context_frames.unflatten(1, (4, 3)))
@@ -177,8 +180,8 @@ def test_evaluation_is_finite_consistent_reproducible_and_writes_its_reports(che
                                 "--batch_size", "1", "--out", str(tmp_path / "eval"), "--device", "cpu"])
     rows = evaluate.main(args)
     labels = {row["model"] for row in rows}
-    assert labels == {"GEN (gen.pt)", "GQN (gqn.pt)", "GEN (gen.pt) #2", evaluate.NEAREST, evaluate.MEAN,
-                      evaluate.DATASET_MEAN}
+    assert labels == {"GEN (gen.pt)", "GQN (gqn.pt)", "GEN (gen.pt) #2", scenes.NEAREST, scenes.MEAN,
+                      scenes.DATASET_MEAN}
     assert len(rows) == 2 * 6
     for row in rows:
         assert row["queries"] == row["grid"] ** 2 and row["hotels"] == 1
@@ -200,7 +203,7 @@ def test_evaluation_is_finite_consistent_reproducible_and_writes_its_reports(che
     out = tmp_path / "eval"
     with open(out / "metrics.csv") as file:
         table = list(csv.DictReader(file))
-    assert len(table) == len(rows) and tuple(table[0]) == evaluate.COLUMNS
+    assert len(table) == len(rows) and tuple(table[0]) == report.COLUMNS
     assert float(table[0]["psnr"]) == pytest.approx(rows[0]["psnr"], rel=1e-6)
     markdown = (out / "metrics.md").read_text()
     assert "| grid | GEN (gen.pt) | GQN (gqn.pt) | GEN (gen.pt) #2 | nearest context view | mean image |" in markdown
@@ -242,9 +245,9 @@ def test_queries_gives_exactly_n_queries_per_grid_with_intervals_and_context_gai
             assert row["context_gain_lo"] <= row["context_gain_db"] <= row["context_gain_hi"]
             assert row["context_gain_db"] == pytest.approx(row["psnr"] - row["swap_psnr"])
         # No context, no gain; copying the context views needs them.
-        dataset_mean = at_grid[evaluate.DATASET_MEAN]
+        dataset_mean = at_grid[scenes.DATASET_MEAN]
         assert dataset_mean["context_gain_db"] == dataset_mean["context_gain_lo"] == dataset_mean["context_gain_hi"] == 0
-        assert at_grid[evaluate.NEAREST]["context_gain_db"] != 0 and at_grid[evaluate.MEAN]["context_gain_db"] != 0
+        assert at_grid[scenes.NEAREST]["context_gain_db"] != 0 and at_grid[scenes.MEAN]["context_gain_db"] != 0
 
     with open(out / "metrics.csv") as file:
         table = list(csv.DictReader(file))
@@ -257,7 +260,7 @@ def test_queries_gives_exactly_n_queries_per_grid_with_intervals_and_context_gai
     assert "| grid | GEN (gen.pt) | GQN (gqn.pt) | GEN (gen.pt) #2 | nearest context view | mean image | dataset mean |" \
         in markdown[gain:psnr]
     first = rows[0]  # GEN on 1x1 hotels
-    shown = evaluate.interval(first["context_gain_db"], first["context_gain_lo"], first["context_gain_hi"], signed=True)
+    shown = report.interval(first["context_gain_db"], first["context_gain_lo"], first["context_gain_hi"], signed=True)
     assert f"| 1x1 | {shown} |" in markdown[gain:psnr]
 
 
@@ -270,12 +273,12 @@ def test_a_model_that_ignores_its_context_views_gains_exactly_nothing(checkpoint
         candidate.model.represent = lambda frames, *rest: represent(torch.zeros_like(frames), *rest)
         return candidate
 
-    monkeypatch.setattr(evaluate, "load_candidate", blind)
+    monkeypatch.setattr(scenes, "load_candidate", blind)
     rows = evaluate.main(evaluate.parse_args(["--saved_model", str(checkpoints[1]), "--test_data_dir", str(SAMPLES),
                                               "--grids", "1", "2", "--queries", "4", "--out", str(tmp_path),
                                               "--device", "cpu"]))
     for row in rows:
-        if row["model"] in ("GQN (gqn.pt)", evaluate.DATASET_MEAN):
+        if row["model"] in ("GQN (gqn.pt)", scenes.DATASET_MEAN):
             assert row["swap_psnr"] == row["psnr"]
             assert (row["context_gain_db"], row["context_gain_lo"], row["context_gain_hi"]) == (0, 0, 0)
 
@@ -316,8 +319,8 @@ def test_a_grid_size_given_twice_is_evaluated_once(checkpoints, tmp_path, capsys
     assert (tmp_path / "metrics.png").is_file()
 
 def test_the_csv_keeps_eight_significant_digits_of_large_values():
-    assert evaluate.cell(307123.456789, 8) == "307123.46"
-    assert evaluate.cell(1.5e-7, 8) == "1.5e-07"
+    assert report.cell(307123.456789, 8) == "307123.46"
+    assert report.cell(1.5e-7, 8) == "1.5e-07"
 
 
 # ---- errors ----------------------------------------------------------------------------------------

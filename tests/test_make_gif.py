@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import make_gif
+from utils.evaluation import tour as tours
 from models.scene import SceneModel
 from models.structure import GridStructure
 from tests.conftest import REPO_ROOT, SHARED_MAZES, requires_shared
@@ -18,7 +19,7 @@ from utils.data.hotel import MAX_SEED
 
 MAZES = SHARED_MAZES / "train"
 SAMPLES = REPO_ROOT / "data_samples" / "test"
-ORIGIN = torch.tensor(make_gif.ORIGIN)
+ORIGIN = torch.tensor(tours.ORIGIN)
 
 
 def solid_tiles(count, seed=0):
@@ -27,7 +28,7 @@ def solid_tiles(count, seed=0):
     return colours, [Image.new("RGB", (112, 112), c) for c in colours]
 
 
-def red_centroid(frame: Image.Image, canvas: make_gif.MapCanvas, box) -> np.ndarray:
+def red_centroid(frame: Image.Image, canvas: tours.MapCanvas, box) -> np.ndarray:
     """Centroid (column, row) of the red-dominated map pixels the query overlay added."""
     size = canvas.base.size[0]
     drawn = np.asarray(frame.crop((box[0], box[1], box[0] + size, box[1] + size))).astype(int)
@@ -40,14 +41,14 @@ def red_centroid(frame: Image.Image, canvas: make_gif.MapCanvas, box) -> np.ndar
 
 # ---- pieces ----------------------------------------------------------------------------------------
 def test_map_names_and_snake_order():
-    assert make_gif.map_path("data/maze-0003.pt").name == "maze-0003.map.png"
-    assert make_gif.map_path("data/maze-0003.pt.gz").name == "maze-0003.map.png"
-    assert make_gif.snake_order(3) == [0, 1, 2, 5, 4, 3, 6, 7, 8]
+    assert tours.map_path("data/maze-0003.pt").name == "maze-0003.map.png"
+    assert tours.map_path("data/maze-0003.pt.gz").name == "maze-0003.map.png"
+    assert tours.snake_order(3) == [0, 1, 2, 5, 4, 3, 6, 7, 8]
 
 
 def test_map_tiles_sit_in_their_maze_cells_north_up():
     colours, tiles = solid_tiles(4)
-    canvas = make_gif.MapCanvas(200, 2, ORIGIN, tiles, raw=False, structure=None)
+    canvas = tours.MapCanvas(200, 2, ORIGIN, tiles, raw=False, structure=None)
     # Maze m = j * 2 + i covers world [-1 + 2i, 1 + 2i] x [-1 + 2j, 1 + 2j]; maze 2 (i=0, j=1) is north-west.
     for m, (column, row) in enumerate([(30, 170), (170, 170), (30, 30), (170, 30)]):
         assert canvas.base.getpixel((column, row)) == colours[m]
@@ -61,7 +62,7 @@ def test_approximate_map_colours_visited_squares_by_their_floor():
         return buffer.getvalue()
 
     cameras = np.array([[-0.35, -0.35, 0, 0, 0], [0.25, 0.25, 0, 1, 0]], dtype=np.float32)  # SW and NE squares
-    image = make_gif.approximate_map(Episode([jpeg((200, 40, 40)), jpeg((40, 40, 200))], cameras), px=112)
+    image = tours.approximate_map(Episode([jpeg((200, 40, 40)), jpeg((40, 40, 200))], cameras), px=112)
     south_west, north_east = image.getpixel((8, 104)), image.getpixel((104, 8))
     assert np.abs(np.subtract(south_west, (200, 40, 40))).max() < 8
     assert np.abs(np.subtract(north_east, (40, 40, 200))).max() < 8
@@ -71,7 +72,7 @@ def test_approximate_map_colours_visited_squares_by_their_floor():
 @pytest.mark.parametrize("yaw", [0.0, math.pi / 2, 2.5, -2.0])
 def test_the_camera_triangle_points_along_its_yaw(yaw):
     _, tiles = solid_tiles(1)
-    canvas = make_gif.MapCanvas(200, 1, ORIGIN, tiles, raw=False, structure=GridStructure(1))
+    canvas = tours.MapCanvas(200, 1, ORIGIN, tiles, raw=False, structure=GridStructure(1))
     xy = torch.tensor([0.1, -0.2])
     image = np.asarray(canvas.draw(xy, yaw)).astype(int)
     changed = np.abs(image - np.asarray(canvas.base).astype(int)).sum(-1) > 0
@@ -86,7 +87,7 @@ def test_the_camera_triangle_points_along_its_yaw(yaw):
 def test_the_red_nodes_are_the_bilinear_read_nodes():
     _, tiles = solid_tiles(4)
     structure = GridStructure(2)
-    canvas = make_gif.MapCanvas(300, 2, ORIGIN, tiles, raw=False, structure=structure)
+    canvas = tours.MapCanvas(300, 2, ORIGIN, tiles, raw=False, structure=structure)
     xy = torch.tensor([1.3, 0.6])  # between nodes, so 4 are read
     weights = canvas.active_nodes(xy)
     assert int((weights > 0).sum()) == 4 and weights.sum().item() == pytest.approx(1.0)
@@ -108,7 +109,7 @@ def test_tour_gif_frames_size_and_active_nodes_follow_the_query(tmp_path):
     args = make_gif.parse_args(["--saved_model", str(checkpoint), "--data_dir", str(MAZES), "--grid", "2",
                                 "--frames_per_turn", "3", "--out", str(out), "--seed", "1"])
     tour = make_gif.main(args)
-    width, height, box = make_gif.frame_layout(128, 2 * 128 + make_gif.LABEL)
+    width, height, box = tours.frame_layout(128, 2 * 128 + tours.LABEL)
     assert len(tour.frames) == 2 * 2 * 3 and all(frame.size == (width, height) for frame in tour.frames)
     assert tour.mazes == [0, 0, 0, 1, 1, 1, 3, 3, 3, 2, 2, 2]
     assert tour.has_truth[0], "each turn starts at the yaw of a real view from there"

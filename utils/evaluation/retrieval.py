@@ -31,9 +31,10 @@ from utils.checkpoint import EMBED_CLASSIFY, CheckpointError, load_checkpoint, l
 from utils.data.episodes import to_unit
 from utils.data.hotel import WORLD_MAZES, EpisodeCache, HotelBatch, StepPlan, build_hotels, plan_step
 from utils.evaluation.trained_model import run_name
+from utils.evaluation.scenes import PLANNED_CONTEXT_VIEWS
 
 POOL_MAZES = 4  # the query's own maze and 3 other test mazes
-PLANNED_CONTEXT_VIEWS = 64  # as evaluate.py: a model with C context views sees the first C
+
 DEFAULT_QUERIES = 400  # per grid size: a 95% interval of an accuracy near 0.5 spans about +-0.05
 BATCH_QUERIES = 32  # queries per forward pass (whole hotels; at least one hotel)
 COLUMNS = ("model", "grid", "queries", "candidates", "chance", "accuracy", "accuracy_lo", "accuracy_hi")
