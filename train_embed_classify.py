@@ -13,15 +13,11 @@ script refuses a renderer's.
 """
 import sys
 
-from utils.training import schedules
-from utils.training import cli, loop
+from utils.training import cli, loop, schedules
 from utils.training.classify import ClassifyTask
 
 PROG = ClassifyTask.prog
 LOG_DIRS = ("GEN-classify", "GQN-classify")
-
-# Tests only: ``_loss_hook(step, loss) -> loss`` replaces the step's loss (to inject NaN); never a CLI flag.
-_loss_hook = None
 
 
 def _model_flags(model):
@@ -38,18 +34,8 @@ def parse_args(argv=None):
     return cli.parse_args(build_parser(), argv, LOG_DIRS)
 
 
-class Trainer(loop.Trainer):
-    """The shared loop (utils/training/loop.py) training an embed-and-classify model (utils/training/classify.py)."""
-
-    def __init__(self, args, runtime):
-        super().__init__(ClassifyTask(args), args, runtime)
-
-    def loss_hook(self, step, loss):
-        return loss if _loss_hook is None else _loss_hook(step, loss)
-
-
 def main(argv=None) -> int:
-    return loop.run(PROG, parse_args(argv), Trainer)
+    return loop.run(PROG, parse_args(argv), ClassifyTask)
 
 
 if __name__ == "__main__":

@@ -11,34 +11,12 @@ picks it up again.
 """
 import sys
 
-from utils.training import schedules
 from utils.command import number
-from utils.training import cli, loop
-from utils.training.cli import AUTO, COMPILE_MODES  # noqa: F401 - names this script always had
-from utils.training.loop import (DISK_FULL, DUMP_ENV, MAX_RECOVERIES, QueuedStep, StopRequest,  # noqa: F401
-                                 TrainingError, check_batch, count_episodes, default_workers, noise_seed, plain,
-                                 to_cpu)
+from utils.training import cli, loop, schedules
 from utils.training.render import RenderTask
 
 PROG = RenderTask.prog
 
-# Tests only: ``_loss_hook(step, loss) -> loss`` replaces the step's loss (to inject NaN); never a CLI flag.
-_loss_hook = None
-
-# The flags that define what a run trains: its model, the batches it sees and its schedules. A resumed run keeps
-# them; the others (steps, intervals, devices, speed, data folders, remedies) may change at any resume. A branch
-# (a checkpoint trained on into another run folder) may change them too, except those that shape the weights.
-SHAPE_FLAGS = RenderTask.shape_flags
-LR_FLAGS = RenderTask.lr_flags
-RUN_FLAGS = RenderTask.run_flags
-
-
-def note(message: str) -> None:
-    """One line on stderr that does not tear the progress bar."""
-    loop.say(PROG, message)
-
-
-# ----------------------------------------------------------------------------- command line
 
 def _model_flags(model):
     cli.add_baseline(model)
@@ -61,26 +39,8 @@ def parse_args(argv=None):
     return cli.parse_args(build_parser(), argv)
 
 
-def changed_flags(saved: dict, args) -> dict:
-    """{name: "--flag now (its run: then)"} for each of ``RUN_FLAGS`` that differs from a checkpoint's saved args."""
-    return loop.changed_flags(saved, args, RUN_FLAGS)
-
-
-class Trainer(loop.Trainer):
-    """The shared loop (utils/training/loop.py) training a renderer (utils/training/render.py)."""
-
-    def __init__(self, args, runtime):
-        super().__init__(RenderTask(args), args, runtime)
-
-    def sigma(self, step: int) -> float:
-        return self.task.sigma(step)
-
-    def loss_hook(self, step, loss):
-        return loss if _loss_hook is None else _loss_hook(step, loss)
-
-
 def main(argv=None) -> int:
-    return loop.run(PROG, parse_args(argv), Trainer)
+    return loop.run(PROG, parse_args(argv), RenderTask)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import pstats
 import sys
 
 import train_scene_rendering as train
+from utils.training import loop
 
 
 def parse_args(argv=None):
@@ -31,7 +32,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     profiler = cProfile.Profile()
-    queue = train.Trainer.train_step
+    queue = loop.Trainer.train_step
     started = 0
 
     def profiled(trainer, batch, stop):
@@ -43,12 +44,12 @@ def main(argv=None) -> int:
             profiler.disable()
         return queue(trainer, batch, stop)
 
-    train.Trainer.train_step = profiled
+    loop.Trainer.train_step = profiled
     try:
         code = train.main(args.train_args)
     finally:
         profiler.disable()
-        train.Trainer.train_step = queue
+        loop.Trainer.train_step = queue
     steps = min(max(started - args.skip, 0), args.steps)
     if steps == 0:
         raise SystemExit(f"error: the run took {started} steps, none after --skip {args.skip}")

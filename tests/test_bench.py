@@ -13,6 +13,7 @@ import torch
 from bench import bench_data, bench_host, bench_loader, bench_step
 from models.scene import ModelConfig, SceneModel
 from tests.conftest import REPO_ROOT
+from utils.training import loop
 
 SAMPLES = REPO_ROOT / "data_samples" / "train"
 # Run from the repository root as modules (``python -m bench.bench_step``), never as files: nothing edits sys.path.
@@ -209,7 +210,7 @@ def test_profile_cli_profiles_only_the_steps_after_the_skipped_ones(tmp_path, ca
     from tests.train_support import tiny
     import train_scene_rendering as train
 
-    queue = train.Trainer.train_step
+    queue = loop.Trainer.train_step
     argv = ["--skip", "2", "--steps", "3", "--rows", "100000", "--"] + tiny(tmp_path, steps=6, data=SAMPLES,
                                                                               test_data=SAMPLES)
     assert profile_cli.main(argv) == 0
@@ -219,7 +220,7 @@ def test_profile_cli_profiles_only_the_steps_after_the_skipped_ones(tmp_path, ca
     calls = [line.split()[0] for line in out.splitlines() if line.endswith("(train_step)")]
     assert calls == ["3"], calls
     assert any(line.endswith("(settle)") for line in out.splitlines()), "reading outcomes is in the window"
-    assert train.Trainer.train_step is queue, "the patch is undone"
+    assert loop.Trainer.train_step is queue, "the patch is undone"
     with pytest.raises(SystemExit, match="none after --skip 10"):
         profile_cli.main(["--skip", "10", "--"] + tiny(tmp_path / "again", steps=2, data=SAMPLES, test_data=SAMPLES))
 

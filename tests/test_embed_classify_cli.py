@@ -14,7 +14,7 @@ import train_embed_classify as classify
 import train_scene_rendering as render
 from models.embed_classify import EmbedClassifier, EmbedClassifierConfig
 from tests.conftest import REPO_ROOT
-from tests.train_support import (assert_one_line_error, make_scratch, one_thread, python, scratch,  # noqa: F401
+from tests.train_support import (assert_one_line_error, main_error, make_scratch, one_thread, python, scratch,  # noqa: F401
                                  subprocess_env, tiny)
 from utils.training import schedules
 from utils.checkpoint import (EMBED_CLASSIFY, RENDER, CheckpointError, checkpoint_task, load_checkpoint,
@@ -56,11 +56,7 @@ def assert_same(a, b, where):
 
 
 def classify_error(argv, capsys) -> str:
-    with pytest.raises(SystemExit) as info:
-        classify.main(argv)
-    code = info.value.code
-    assert code not in (0, None)
-    return assert_one_line_error(code if isinstance(code, str) else capsys.readouterr().err)
+    return main_error(argv, capsys, classify.main)
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +136,10 @@ def test_a_run_resumed_halfway_ends_with_the_same_weights(straight_run, scratch,
 
 def test_sigterm_saves_a_checkpoint_and_exits_0(scratch):
     """A real SIGTERM, raised in the training process during its second step (step 1, 0-based)."""
-    code = ("import signal, sys, train_embed_classify as t\n"
-            "t._loss_hook = lambda step, loss: (signal.raise_signal(signal.SIGTERM) if step == 1 else None) or loss\n"
+    code = ("import signal, sys, pytest, train_embed_classify as t\n"
+            "from tests.train_support import change_loss\n"
+            "change_loss(pytest.MonkeyPatch(), lambda step, loss: (signal.raise_signal(signal.SIGTERM) if step == 1 "
+            "else None) or loss)\n"
             "sys.exit(t.main(sys.argv[1:]))")
     run = subprocess.run([python(), "-c", code, *tiny_classify(scratch, steps=50)], capture_output=True, text=True,
                          env=subprocess_env(), timeout=300, cwd=REPO_ROOT)
@@ -164,10 +162,9 @@ def test_each_script_refuses_the_other_task_s_checkpoint_in_one_line(straight_ru
     line = classify_error(tiny_classify(scratch / "a", "--saved_model", rendered), capsys)
     assert line.startswith("train_embed_classify.py: error:") and "holds a renderer" in line
     assert "train_scene_rendering.py" in line
-    with pytest.raises(SystemExit) as info:
-        render.main(tiny(scratch / "b", "--saved_model", classified, data=SAMPLES))
-    line = assert_one_line_error(info.value.code, "train_scene_rendering.py: error:",
-                                 "holds an embed-and-classify model", "train_embed_classify.py")
+    line = assert_one_line_error(main_error(tiny(scratch / "b", "--saved_model", classified, data=SAMPLES), capsys),
+                                 "train_scene_rendering.py: error:", "holds an embed-and-classify model",
+                                 "train_embed_classify.py")
     # evaluate.py loads renderers through model_from_checkpoint.
     with pytest.raises(CheckpointError, match="holds an embed-and-classify model"):
         model_from_checkpoint(classified)
@@ -177,9 +174,8 @@ def test_each_script_refuses_the_other_task_s_checkpoint_in_one_line(straight_ru
     checkpoint = load(classified)
     del checkpoint["task"]
     save_checkpoint(checkpoint, unnamed)
-    with pytest.raises(SystemExit) as info:
-        render.main(tiny(scratch / "c", "--saved_model", unnamed, data=SAMPLES))
-    assert_one_line_error(info.value.code, "holds an embed-and-classify model")
+    assert_one_line_error(main_error(tiny(scratch / "c", "--saved_model", unnamed, data=SAMPLES), capsys),
+                          "holds an embed-and-classify model")
     # --saved_model auto: a run folder holding the other task's checkpoints.
     shutil.copytree(scratch / "render" / "run", scratch / "d" / "run")
     line = classify_error(tiny_classify(scratch / "d", "--saved_model", "auto"), capsys)

@@ -18,7 +18,7 @@ import torch
 
 import train_scene_rendering as train
 from tests.conftest import REPO_ROOT
-from tests.train_support import (SCRIPT, main_error, one_thread, python, scratch,  # noqa: F401
+from tests.train_support import (SCRIPT, change_loss, main_error, one_thread, python, scratch,  # noqa: F401
                                  subprocess_env, tiny)
 from utils.training import schedules
 from utils.checkpoint import CheckpointError, checkpoint_step, save_checkpoint
@@ -26,6 +26,7 @@ from utils.training.checkpoint_dir import CheckpointDir
 from utils.data.episodes import list_episodes
 from utils.data.hotel import plan_step
 from utils.training.summaries import read_events
+from utils.training import loop
 
 
 def load(path):
@@ -156,7 +157,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(real_tiny, scratch
 
 def test_nan_loss_skips_steps_then_reloads_last_checkpoint_with_half_the_lr(real_tiny, scratch, one_thread,
                                                                            monkeypatch, capsys):
-    monkeypatch.setattr(train, "_loss_hook", lambda step, loss: loss * float("nan") if step in (2, 3) else loss)
+    change_loss(monkeypatch, lambda step, loss: loss * float("nan") if step in (2, 3) else loss)
     assert train.main(real_tiny(scratch, "--save_interval", 2, "--max_bad_steps", 2, steps=5)) == 0
     assert "2 non-finite steps in a row at step 4" in capsys.readouterr().err
     final = load(scratch / "run" / "models" / "checkpoint-final.pt")
@@ -170,7 +171,7 @@ def test_nan_loss_skips_steps_then_reloads_last_checkpoint_with_half_the_lr(real
     assert scalars["lr"][-1][1] == pytest.approx(0.5 * schedules.learning_rate(4))
 
     # The halved rate persists across a resume.
-    monkeypatch.setattr(train, "_loss_hook", None)
+    change_loss(monkeypatch, None)
     assert train.main(real_tiny(scratch, "--saved_model", "auto", steps=6)) == 0
     assert load(scratch / "run" / "models" / "checkpoint-final.pt")["scheduler_state_dict"]["lr_scale"] == 0.5
 
@@ -178,14 +179,14 @@ def test_nan_loss_skips_steps_then_reloads_last_checkpoint_with_half_the_lr(real
 
 def test_a_run_that_keeps_diverging_stops_instead_of_halving_the_lr_forever(scratch, one_thread, monkeypatch,
                                                                              capsys):
-    monkeypatch.setattr(train, "_loss_hook", lambda step, loss: loss * float("nan"))
+    change_loss(monkeypatch, lambda step, loss: loss * float("nan"))
     line = main_error(tiny(scratch, "--max_bad_steps", 1, "--save_interval", 3, steps=40, data=SAMPLES), capsys)
-    assert f"after {train.MAX_RECOVERIES} recoveries halved the learning rate to 1/{2 ** train.MAX_RECOVERIES}" \
+    assert f"after {loop.MAX_RECOVERIES} recoveries halved the learning rate to 1/{2 ** loop.MAX_RECOVERIES}" \
            in line, line
     scalars, _ = read_events(scratch / "run" / "runs")
-    assert [v for _, v in scalars["train/lr_scale"]] == [0.5 ** n for n in range(1, train.MAX_RECOVERIES + 1)]
+    assert [v for _, v in scalars["train/lr_scale"]] == [0.5 ** n for n in range(1, loop.MAX_RECOVERIES + 1)]
     # What the message advises: a branch with its own --lr starts the halvings over (a resume keeps them).
-    monkeypatch.setattr(train, "_loss_hook", None)
+    change_loss(monkeypatch, None)
     newest = CheckpointDir(scratch / "run" / "models").newest()[0]
     assert load(newest)["scheduler_state_dict"]["lr_scale"] < 1
     assert train.main(tiny(scratch, "--saved_model", newest, "--log_dir", "branch", "--lr", 1e-4,
@@ -197,7 +198,7 @@ def test_a_run_that_keeps_diverging_stops_instead_of_halving_the_lr_forever(scra
 def test_the_progress_bar_is_redrawn_once_a_minute_into_a_log_file(scratch, one_thread, monkeypatch, capsys):
     # capsys's stderr is no terminal, as a batch job's log file is not; steps of 0.15 s would redraw a bar
     # with tqdm's default interval (0.1 s) at every step.
-    monkeypatch.setattr(train, "_loss_hook", lambda step, loss: time.sleep(0.15) or loss)
+    change_loss(monkeypatch, lambda step, loss: time.sleep(0.15) or loss)
     assert train.main(tiny(scratch, steps=6, data=SAMPLES)) == 0
     drawn = re.findall(r"\| *(\d)/6 \[", capsys.readouterr().err)
     assert drawn == ["0", "6"], drawn
@@ -206,7 +207,7 @@ def test_a_blow_up_seen_while_the_next_step_runs_is_recovered_from_in_step(real_
                                                                           monkeypatch, capsys):
     """Outcomes are read a step late: the second bad step (index 3) is read once step 4 is queued, so the
     recovery comes at step 5 and throws that step away with the rest since the last checkpoint (the start)."""
-    monkeypatch.setattr(train, "_loss_hook", lambda step, loss: loss * float("inf") if step in (2, 3) else loss)
+    change_loss(monkeypatch, lambda step, loss: loss * float("inf") if step in (2, 3) else loss)
     assert train.main(real_tiny(scratch, "--max_bad_steps", 2, steps=7)) == 0
     assert "2 non-finite steps in a row at step 5" in capsys.readouterr().err
     scalars, _ = read_events(scratch / "run" / "runs")
@@ -329,7 +330,7 @@ def test_rotation_never_deletes_the_checkpoint_just_written_nor_a_later_one(scra
 
 
 def signal_at(step, signum=signal.SIGTERM):
-    """A _loss_hook that raises ``signum`` in this thread during step ``step`` (0-based). raise_signal, not
+    """A ``change_loss`` that raises ``signum`` in this thread during step ``step`` (0-based). raise_signal, not
     os.kill: the process's other threads (torch's, tqdm's) could take a killed process's signal, and Python
     would run the handler later."""
     def hook(at, loss):
@@ -341,7 +342,7 @@ def signal_at(step, signum=signal.SIGTERM):
 
 def test_a_stop_during_the_last_step_still_ends_with_the_final_checkpoint(scratch, one_thread, monkeypatch,
                                                                            capsys):
-    monkeypatch.setattr(train, "_loss_hook", signal_at(1))  # the second and last step
+    change_loss(monkeypatch, signal_at(1))  # the second and last step
     assert train.main(tiny(scratch, steps=2, data=SAMPLES)) == 0
     assert "done: step 2" in capsys.readouterr().err
     models = scratch / "run" / "models"
@@ -350,11 +351,11 @@ def test_a_stop_during_the_last_step_still_ends_with_the_final_checkpoint(scratc
 
 
 def test_a_resumed_run_keeps_the_logs_of_its_checkpoint_step(scratch, one_thread, monkeypatch, capsys):
-    monkeypatch.setattr(train, "_loss_hook", signal_at(1))
+    change_loss(monkeypatch, signal_at(1))
     assert train.main(tiny(scratch, steps=5, data=SAMPLES)) == 0
     stopped = int(re.search(r"stopped by SIGTERM at step (\d+)", capsys.readouterr().err).group(1))
     assert 2 <= stopped < 5
-    monkeypatch.setattr(train, "_loss_hook", None)
+    change_loss(monkeypatch, None)
     assert train.main(tiny(scratch, "--saved_model", "auto", steps=5, data=SAMPLES)) == 0
     scalars, _ = read_events(scratch / "run" / "runs")
     assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4, 5]  # as TensorBoard shows them
@@ -394,11 +395,11 @@ def test_a_run_whose_every_episode_is_damaged_stops_with_one_line_and_exits(scra
 
 
 def test_ctrl_c_stops_like_sigterm_and_a_second_one_aborts(scratch, one_thread, monkeypatch, capsys):
-    monkeypatch.setattr(train, "_loss_hook", signal_at(0, signal.SIGINT))
+    change_loss(monkeypatch, signal_at(0, signal.SIGINT))
     assert train.main(tiny(scratch, steps=4, data=SAMPLES)) == 0
     assert re.search(r"stopped by SIGINT at step [12]; saved", capsys.readouterr().err)
     twice = lambda step, loss: signal.raise_signal(signal.SIGINT) or signal.raise_signal(signal.SIGINT) or loss  # noqa
-    monkeypatch.setattr(train, "_loss_hook", twice)
+    change_loss(monkeypatch, twice)
     with pytest.raises(SystemExit) as aborted:
         train.main(tiny(scratch, "--log_dir", "aborted", steps=4, data=SAMPLES))
     assert aborted.value.code == 130
@@ -415,8 +416,9 @@ def test_a_gpu_that_does_not_exist_is_one_line(scratch, monkeypatch, capsys):
 
 def test_an_error_in_the_first_evaluation_exits_without_waiting_for_loader_workers(scratch):
     code = ("import sys, train_scene_rendering as t\n"
+            "from utils.training import loop\n"
             "def boom(*args, **kwargs): raise RuntimeError('boom')\n"
-            "t.Trainer.evaluate = boom\n"
+            "loop.Trainer.evaluate = boom\n"
             "sys.exit(t.main(sys.argv[1:]))")
     argv = tiny(scratch, "--workers", 1, data=SAMPLES, test_data=SAMPLES.parent / "test")
     run = subprocess.run([python(), "-c", code, *argv], capture_output=True, text=True, env=subprocess_env(),

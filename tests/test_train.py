@@ -17,10 +17,12 @@ from models.scene import ModelConfig, SceneModel
 from utils.checkpoint import model_config
 from tests.conftest import REPO_ROOT, requires_cuda
 from tests.test_models import random_hotel
-from tests.train_support import (SCRIPT, assert_one_line_error, main_error, make_scratch,  # noqa: F401
+from tests.train_support import (DUMP_SCRIPT, SCRIPT, assert_one_line_error, change_loss, main_error, make_scratch,  # noqa: F401
                                  one_thread, python, scratch, subprocess_env, tiny)
+from utils.training.render import RenderTask
 from utils.training import distributed, schedules
 from utils.training.summaries import read_events
+from utils.training import loop
 
 SAMPLES = REPO_ROOT / "data_samples" / "train"
 STRAIGHT = ["--batch_size", 4, "--train_grids", 1, 2, "--test_grids", 1, 2, "--log_interval", 3,
@@ -222,7 +224,7 @@ def test_amp_trains_in_bf16_autocast_and_keeps_float32_weights(scratch, one_thre
     """--amp: every convolution and matrix product of the training step runs in bf16 (recorded as it runs),
     while the weights stay float32; without --amp the same step runs them all in float32."""
     steps = []
-    queue = train.Trainer.train_step
+    queue = loop.Trainer.train_step
 
     def recorded(self, batch, stop):
         with OpDtypes() as ops:
@@ -230,7 +232,7 @@ def test_amp_trains_in_bf16_autocast_and_keeps_float32_weights(scratch, one_thre
         steps.append(ops.seen)
         return queued
 
-    monkeypatch.setattr(train.Trainer, "train_step", recorded)
+    monkeypatch.setattr(loop.Trainer, "train_step", recorded)
     assert train.main(tiny(scratch, "--amp", steps=2, data=SAMPLES)) == 0
     assert len(steps) == 2
     for seen in steps:
@@ -361,52 +363,53 @@ def test_default_loader_workers_follow_the_device_and_this_processs_share_of_the
     assert train.parse_args([]).workers == "auto" and train.parse_args(["--workers", "0"]).workers == 0
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert train.default_workers(cpu) == 2 and train.default_workers(gpu) == 12
+    assert loop.default_workers(cpu) == 2 and loop.default_workers(gpu) == 12
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun, 2 processes on this node: 8 cores each
-    assert train.default_workers(gpu) == 7
+    assert loop.default_workers(gpu) == 7
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
-    assert train.default_workers(gpu) == 1
+    assert loop.default_workers(gpu) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    assert train.default_workers(gpu) == 12
+    assert loop.default_workers(gpu) == 12
 
 
 def test_batches_must_split_over_gpus_and_processes():
     args = train.parse_args(["--batch_size", "8", "--train_grids", "1", "2"])
     four_gpus = distributed.Runtime(torch.device("cpu"), device_ids=(0, 1, 2, 3))
-    with pytest.raises(train.TrainingError, match="2 hotels of 2x2, which do not split evenly over 4 GPUs.*e.g. 16"):
-        train.check_batch(args, four_gpus)
-    assert train.check_batch(train.parse_args(["--batch_size", "16"]), four_gpus) == 16
-    with pytest.raises(train.TrainingError, match="9 hotels of 2x2.*e.g. 48"):  # GQN's batch on 4 GPUs
-        train.check_batch(train.parse_args(["--batch_size", "36"]), four_gpus)
-    assert train.check_batch(train.parse_args([]), four_gpus) == 64  # the default: 16 hotels of 2x2, 4 per GPU
+    with pytest.raises(loop.TrainingError, match="2 hotels of 2x2, which do not split evenly over 4 GPUs.*e.g. 16"):
+        loop.check_batch(args, four_gpus)
+    assert loop.check_batch(train.parse_args(["--batch_size", "16"]), four_gpus) == 16
+    with pytest.raises(loop.TrainingError, match="9 hotels of 2x2.*e.g. 48"):  # GQN's batch on 4 GPUs
+        loop.check_batch(train.parse_args(["--batch_size", "36"]), four_gpus)
+    assert loop.check_batch(train.parse_args([]), four_gpus) == 64  # the default: 16 hotels of 2x2, 4 per GPU
     two_ranks = distributed.Runtime(torch.device("cpu"), rank=1, world=2, distributed=True)
-    assert train.check_batch(args, two_ranks) == 4
+    assert loop.check_batch(args, two_ranks) == 4
     for batch, message in (("9", "9 hotels of 1x1, which do not split evenly over 2 processes.*e.g. 10"),
                            ("6", "1 hotel of 2x2.*e.g. 8"),
                            ("36", "9 hotels of 2x2.*e.g. 40")):  # 2 x 4 hotels would be 32 mazes, not 36
-        with pytest.raises(train.TrainingError, match=message):
-            train.check_batch(train.parse_args(["--batch_size", batch]), two_ranks)
+        with pytest.raises(loop.TrainingError, match=message):
+            loop.check_batch(train.parse_args(["--batch_size", batch]), two_ranks)
     # 2 hotels of 2x2 split over 2 processes although 9 does not: each takes 4 mazes, 8 in all, as in one process.
-    assert train.check_batch(train.parse_args(["--batch_size", "9", "--train_grids", "2"]), two_ranks) == 4
+    assert loop.check_batch(train.parse_args(["--batch_size", "9", "--train_grids", "2"]), two_ranks) == 4
     # What every step holds over all ranks is what --batch_size asks for (less only where k^2 does not divide it).
     for batch in (8, 16, 40):
-        per_rank = train.check_batch(train.parse_args(["--batch_size", str(batch)]), two_ranks)
+        per_rank = loop.check_batch(train.parse_args(["--batch_size", str(batch)]), two_ranks)
         for k in (1, 2):
             assert 2 * (per_rank // (k * k)) * k * k == batch // (k * k) * k * k
 
 
 def test_compile_with_data_parallel_is_refused_before_any_work():
     two_gpus = distributed.Runtime(torch.device("cpu"), device_ids=(0, 1))
-    with pytest.raises(train.TrainingError, match="--compile does not work with DataParallel.*torchrun"):
-        train.Trainer(train.parse_args(["--compile", "--train_data_dir", "/nonexistent"]), two_gpus)
+    with pytest.raises(loop.TrainingError, match="--compile does not work with DataParallel.*torchrun"):
+        args = train.parse_args(["--compile", "--train_data_dir", "/nonexistent"])
+        loop.Trainer(RenderTask(args), args, two_gpus)
 
 
 def test_errors_from_the_command_line_have_no_traceback(scratch):
     """The real process: non-zero exit status, one line on stderr (argparse's own errors go the same way)."""
     run = subprocess.run([python(), SCRIPT, *tiny(scratch, data=scratch / "nowhere")], capture_output=True,
                          text=True, env=subprocess_env(), timeout=300)
-    assert run.returncode == 1
+    assert run.returncode == 2  # a bad argument (utils/command.py)
     assert_one_line_error(run.stderr, "error: --train_data_dir", "nowhere")
 
 
@@ -435,7 +438,7 @@ def free_port() -> int:
 
 
 def assert_two_ranks_in_sync_and_rank_0_alone_wrote(dumps, run_dir) -> dict:
-    """Both ranks' final weights (dumped through DUMP_ENV) are identical, and rank 0 alone left a log and a
+    """Both ranks' final weights (dumped by tests/dump_weights.py) are identical, and rank 0 alone left a log and a
     checkpoint. Returns rank 0's weights."""
     rank0, rank1 = load(dumps / "rank0.pt"), load(dumps / "rank1.pt")
     for key, value in rank0.items():
@@ -450,9 +453,9 @@ def test_torchrun_two_cpu_processes_stay_in_sync_only_rank_0_writes_and_one_proc
     dumps.mkdir()
     # --compile: DistributedDataParallel under torch.compile, the recommended multi-GPU setup.
     argv = real_tiny(scratch, "--batch_size", 4, "--log_interval", 2, "--compile", steps=2)
-    env = {**subprocess_env(), train.DUMP_ENV: str(dumps)}
+    env = {**subprocess_env(), "DUMP_DIR": str(dumps)}
     run = subprocess.run([python(), "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), SCRIPT, *argv],
+                          "--master_addr", "127.0.0.1", "--master_port", str(free_port()), DUMP_SCRIPT, *argv],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     run_dir = scratch / "run"
@@ -480,7 +483,7 @@ def test_torchrun_on_two_nodes_with_a_rendezvous_endpoint(real_tiny, scratch):
     dumps.mkdir()
     # --layers 1: the canvas stays zero, so one weight gets no gradient; DDP must be told to expect that.
     argv = real_tiny(scratch, "--batch_size", 4, "--layers", 1, steps=2)
-    codes, errors = two_nodes(scratch, [argv, argv], {train.DUMP_ENV: str(dumps)})
+    codes, errors = two_nodes(scratch, [argv, argv], {"DUMP_DIR": str(dumps)}, script=DUMP_SCRIPT)
     assert codes == [0, 0], "\n".join(e[-2000:] for e in errors)
     assert sum(e.count("done: step 2") for e in errors) == 1, "one node holds rank 0 and reports"
     assert "broadcast_buffers" not in "".join(errors), "DDP's deprecation warning"
@@ -526,13 +529,13 @@ def test_nodes_that_would_resume_at_different_steps_stop_with_one_line(real_tiny
         "\n".join(e[-2000:] for e in errors)
 
 
-def two_nodes(scratch, argvs, env=None):
+def two_nodes(scratch, argvs, env=None, script=SCRIPT):
     """The README's several-node recipe, as two single-process nodes on this machine meeting at a c10d
     rendezvous endpoint, node n running ``argvs[n]``: ([exit status], [stderr text]) per node."""
     # --local_addr: each node advertises 127.0.0.1, not a host name that may not resolve.
     launch = [python(), "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
               "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "--rdzv_id", "two-nodes",
-              "--rdzv_conf", "join_timeout=60", "--local_addr", "127.0.0.1", SCRIPT]
+              "--rdzv_conf", "join_timeout=60", "--local_addr", "127.0.0.1", script]
     logs = [scratch / f"node{n}.log" for n in range(2)]
     nodes = []
     try:
@@ -563,7 +566,7 @@ def test_a_training_step_never_waits_for_the_gpu(scratch, monkeypatch):
     """The host hands steps to the GPU without a sync (torch's sync debug mode makes one an error): outcomes
     are read a step late, a non-finite step is left out on the device. The sync debug mode does not see
     the wait hidden in copying a strided or pageable tensor to the GPU, so the batches are checked too."""
-    queue = train.Trainer.train_step
+    queue = loop.Trainer.train_step
 
     def strict(self, batch, stop):
         for name, value in batch._asdict().items():
@@ -575,7 +578,7 @@ def test_a_training_step_never_waits_for_the_gpu(scratch, monkeypatch):
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
-    monkeypatch.setattr(train.Trainer, "train_step", strict)
+    monkeypatch.setattr(loop.Trainer, "train_step", strict)
     assert train.main(on_gpu(scratch, steps=4)) == 0
 
 
@@ -585,7 +588,7 @@ def test_training_copies_to_the_gpu_only_from_pinned_memory(scratch, monkeypatch
     unpinned batch) would show as "Memcpy HtoD (Pageable -> Device)"."""
     from torch.profiler import ProfilerActivity, profile
     copies = []
-    queue = train.Trainer.train_step
+    queue = loop.Trainer.train_step
 
     def traced(self, batch, stop):
         if self.step == 0:  # the first step also sets things up (Adam's state, the RNG): steady state only
@@ -596,7 +599,7 @@ def test_training_copies_to_the_gpu_only_from_pinned_memory(scratch, monkeypatch
         copies.extend(event.name for event in trace.events() if "Memcpy HtoD" in event.name)
         return queued
 
-    monkeypatch.setattr(train.Trainer, "train_step", traced)
+    monkeypatch.setattr(loop.Trainer, "train_step", traced)
     assert train.main(on_gpu(scratch, steps=4)) == 0
     assert copies, "no host-to-device copy in the trace: has the profiler renamed them?"
     assert not [name for name in copies if "Pageable" in name], sorted(set(copies))
@@ -606,9 +609,9 @@ def test_training_copies_to_the_gpu_only_from_pinned_memory(scratch, monkeypatch
 def test_on_a_gpu_a_recovery_and_a_resume_restore_adam_into_channels_last_weights(scratch, monkeypatch):
     """Checkpoints hold plain-layout tensors; the GPU's weights are channels-last (fused Adam refuses a
     mismatch). A blow-up after a checkpoint reloads it; then the run resumes from its newest checkpoint."""
-    monkeypatch.setattr(train, "_loss_hook", lambda step, loss: loss * float("nan") if step in (3, 4) else loss)
+    change_loss(monkeypatch, lambda step, loss: loss * float("nan") if step in (3, 4) else loss)
     assert train.main(on_gpu(scratch, "--save_interval", 2, "--max_bad_steps", 2, steps=6)) == 0
-    monkeypatch.setattr(train, "_loss_hook", None)
+    change_loss(monkeypatch, None)
     assert train.main(on_gpu(scratch, "--saved_model", "auto", steps=8)) == 0
     final = load(scratch / "run" / "models" / "checkpoint-final.pt")
     assert final["epoch"] == 8 and final["scheduler_state_dict"]["lr_scale"] == 0.5
@@ -640,4 +643,4 @@ def test_runs_with_different_seeds_share_no_step_however_long_they_train():
     keys = {step_key(seed, step, rank) for seed in range(3) for step in (0, 1, 10 ** 6, 10 ** 6 + 3, 10 ** 9)
             for rank in range(4)}
     assert len(keys) == 3 * 5 * 4 and all(0 <= key < 2 ** 64 for key in keys)
-    assert len({train.noise_seed(0, step, 0) for step in range(1000)}) == 1000
+    assert len({loop.noise_seed(0, step, 0) for step in range(1000)}) == 1000

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from tests.conftest import REPO_ROOT, SHARED_MAZES
+from utils.training import loop
 
 MAZES = SHARED_MAZES / "train"
 SCRIPT = REPO_ROOT / "train_scene_rendering.py"
+DUMP_SCRIPT = REPO_ROOT / "tests" / "dump_weights.py"  # SCRIPT, saving every rank's final weights
 
 
 def tiny(root, *extra, steps=3, data=MAZES, test_data=None):
@@ -21,6 +23,20 @@ def tiny(root, *extra, steps=3, data=MAZES, test_data=None):
             "--context_views", "2", "--workers", "0", "--device_ids", "--root_log_dir", str(root),
             "--log_dir", "run", "--steps", str(steps), "--log_interval", "1000", "--save_interval", "1000",
             *map(str, extra)]
+
+
+TRAIN_STEP = loop.Trainer.train_step
+
+
+def change_loss(monkeypatch, change):
+    """Every training step's loss becomes ``change(step, loss)`` (step 0-based), whatever the task: the faults
+    a test injects (a NaN, a signal, a slow step). ``change=None`` puts the loop's own step back."""
+    def train_step(trainer, batch, stop):
+        task, own_loss = trainer.task, type(trainer.task).loss
+        task.loss = lambda output: change(trainer.step, own_loss(task, output))
+        return TRAIN_STEP(trainer, batch, stop)
+
+    monkeypatch.setattr(loop.Trainer, "train_step", TRAIN_STEP if change is None else train_step)
 
 
 def subprocess_env() -> dict:
@@ -58,16 +74,20 @@ def assert_one_line_error(text: str, *needles) -> str:
     return lines[0]
 
 
-def main_error(argv, capsys) -> str:
-    """Run main(argv) in-process, expecting a user error: non-zero exit and one line of explanation."""
-    from train_scene_rendering import main
+def main_error(argv, capsys, main=None) -> str:
+    """Run main(argv) in-process (default: train_scene_rendering's), expecting a user error: exit status 2 (bad
+    argument) or 1 (failed run), and one line of explanation, the last on stderr (notes before it, "starting
+    fresh", may be there)."""
+    if main is None:
+        from train_scene_rendering import main
 
     with pytest.raises(SystemExit) as info:
         main(argv)
-    code = info.value.code
-    assert code not in (0, None)
-    # argparse prints its line and exits 2; our errors travel as the SystemExit message (exit status 1).
-    return assert_one_line_error(code if isinstance(code, str) else capsys.readouterr().err)
+    assert info.value.code in (1, 2), info.value.code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    return assert_one_line_error(errors[0])
 
 
 def link_episodes(directory: Path, count: int) -> Path:

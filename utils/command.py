@@ -1,10 +1,15 @@
-"""How the command-line tools report errors: one line on stderr, ``prog: error: ...`` (argparse's form), and a
-non-zero exit status, never a traceback; and the argument types that refuse bad values at parse time."""
+"""How every command reports errors: one line on stderr, ``prog: error: ...`` (argparse's form), never a
+traceback, and exit status ``BAD_ARGUMENT`` (2: a flag, a file or a folder it was given cannot be used; what
+argparse gives too) or ``FAILED_RUN`` (1: the work started and failed, e.g. some episodes could not be
+converted); and the argument types that refuse bad values at parse time."""
 import argparse
 import math
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple, Type
+
+
+BAD_ARGUMENT, FAILED_RUN = 2, 1
 
 
 def run(prog: str, parse_args: Callable, main: Callable, user_errors: Tuple[Type[Exception], ...],
@@ -15,12 +20,18 @@ def run(prog: str, parse_args: Callable, main: Callable, user_errors: Tuple[Type
         main(args)
     except user_errors as error:
         print_error(prog, error)
-        return 2
+        return BAD_ARGUMENT
     return 0
 
 
 def print_error(prog: str, message) -> None:
     print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+def fail(prog: str, message, status: int):
+    """Print the error line and exit with ``status``."""
+    print_error(prog, message)
+    raise SystemExit(status)
 
 
 def number(kind, low, low_ok=False, high=None):

@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
+from utils import command
 from utils.training import distributed, optimizer, schedules, summaries
 from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model_state, require_task
 from utils.training.checkpoint_dir import CheckpointDir
@@ -30,7 +31,6 @@ from utils.training.cli import AUTO
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a quota, a file-size limit
 MAX_RECOVERIES = 10  # blow-ups a run recovers from (each halves the learning rate, for the rest of the run)
-DUMP_ENV = "GEN_TEST_DUMP_DIR"  # tests only: each rank writes its final weights there (DDP sync test)
 LOOP_STATS = ("loss", "grad_norm", "bad_files", "stop", "own_loss")  # a step's statistics the loop keeps
 
 
@@ -240,10 +240,6 @@ class Trainer:
     def note(self, message: str) -> None:
         say(self.task.prog, message)
 
-    def loss_hook(self, step: int, loss: torch.Tensor) -> torch.Tensor:
-        """Tests only: a script's Trainer replaces the step's loss here (to inject NaN); never a CLI flag."""
-        return loss
-
     # --- checkpoints
 
     def resume(self):
@@ -386,7 +382,7 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
             output = self.step_model(*batch.model_inputs(device), *extra)
-        loss = self.loss_hook(step, task.loss(output))
+        loss = task.loss(output)
         loss.backward()
         parameters = self.model.parameters()
         grad_norm = (torch.nn.utils.clip_grad_norm_(parameters, args.clip_grad) if args.clip_grad else
@@ -579,10 +575,9 @@ class Trainer:
             fetch_start = time.perf_counter()
         return False
 
-    def dump_for_tests(self):
-        directory = os.environ.get(DUMP_ENV)
-        if directory:
-            torch.save(to_cpu(self.model.state_dict()), Path(directory) / f"rank{self.runtime.rank}.pt")
+
+
+RUN_ERRORS = (TrainingError, CheckpointError, EpisodeError, distributed.DeviceError)
 
 
 def _one_line(error: Exception) -> str:
@@ -591,19 +586,22 @@ def _one_line(error: Exception) -> str:
     return lines[-1].split(": ", 1)[-1] if len(lines) > 1 else (lines[0] if lines else type(error).__name__)
 
 
-def run(prog: str, args, trainer_class) -> int:
-    """A training script's ``main`` once its flags are parsed: ``trainer_class(args, runtime).fit``, under a
-    ``StopRequest``; a user error is one line ``prog: error: ...`` and exit status 1."""
+def run(prog: str, args, task_class) -> int:
+    """A training script's ``main`` once its flags are parsed: a ``Trainer`` of ``task_class(args)`` fits, under
+    a ``StopRequest``. Errors are one line ``prog: error: ...`` (``utils.command``): exit status 2 when the run
+    cannot start (its data, checkpoint or devices), 1 when it fails on the way."""
     runtime = None
     try:
         with StopRequest(prog) as stop:
-            runtime = distributed.setup(args.device_ids)
-            trainer = trainer_class(args, runtime)
-            code = trainer.fit(stop)
-            trainer.dump_for_tests()
-            return code
-    except (TrainingError, CheckpointError, EpisodeError, distributed.DeviceError) as error:
-        raise SystemExit(f"{prog}: error: {_one_line(error)}") from None
+            try:
+                runtime = distributed.setup(args.device_ids)
+                trainer = Trainer(task_class(args), args, runtime)
+            except RUN_ERRORS as error:
+                command.fail(prog, _one_line(error), command.BAD_ARGUMENT)
+            try:
+                return trainer.fit(stop)
+            except RUN_ERRORS as error:
+                command.fail(prog, _one_line(error), command.FAILED_RUN)
     except KeyboardInterrupt:  # the second Ctrl-C: no traceback, and the shell's status for an interrupt
         say(prog, "aborted by a second Ctrl-C: nothing saved since the last checkpoint")
         raise SystemExit(128 + signal.SIGINT) from None
