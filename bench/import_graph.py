@@ -3,8 +3,10 @@
     python -m bench.import_graph            # edges such as "train_scene_rendering -> utils.data.hotel"
     python -m bench.import_graph --modules  # module to module
 
-Rules checked (exit status 1 and one line per violation otherwise): ``models/`` imports nothing from
-``utils/``, and no entry script imports another entry script.
+Rules checked (exit status 1 and one line per violation otherwise): the arrows go one way, entry scripts ->
+``utils.training`` / ``utils.evaluation`` -> ``utils.data``, ``models`` and the shared core (``utils/*.py``):
+``models/`` imports nothing from ``utils/``, ``utils.data`` nothing from training or evaluation, training and
+evaluation nothing from each other, the core from no layer; and no entry script imports another.
 """
 import argparse
 import ast
@@ -46,9 +48,27 @@ def imports(path: Path, modules: dict) -> set:
     return found
 
 
+LAYERS = ("utils.data", "utils.training", "utils.evaluation")
+# Arrows go one way: entry scripts -> training / evaluation -> data, models and the shared core (utils/*.py).
+FORBIDDEN = {
+    "models": ("utils",),
+    "utils.data": ("utils.training", "utils.evaluation"),
+    "utils.training": ("utils.evaluation",),
+    "utils.evaluation": ("utils.training",),
+    "utils": LAYERS,  # the core: checkpoint format, atomic writes, the error convention
+}
+
+
 def fold(module: str) -> str:
-    """``utils.data.hotel`` -> ``utils``; entry scripts stay themselves."""
-    return module.split(".")[0] if module.split(".")[0] in PACKAGES else module
+    """``utils.data.hotel`` -> ``utils.data``, ``utils.checkpoint`` -> ``utils``, ``models.gen`` -> ``models``;
+    entry scripts stay themselves."""
+    layer = next((layer for layer in LAYERS if module == layer or module.startswith(layer + ".")), None)
+    return layer or (module.split(".")[0] if module.split(".")[0] in PACKAGES else module)
+
+
+def forbidden(a: str, b: str) -> bool:
+    """Whether the folded edge a -> b breaks the layering."""
+    return any(b == target or b.startswith(target + ".") for target in FORBIDDEN.get(a, ()))
 
 
 def main(argv=None) -> int:
@@ -61,8 +81,8 @@ def main(argv=None) -> int:
     for a, b in sorted(shown):
         print(f"{a} -> {b}")
     scripts = {m for m in modules if m.split(".")[0] not in PACKAGES}
-    violations = [f"{a} -> {b}: models/ must not import from utils/" for a, b in sorted(edges)
-                  if a.startswith("models") and b.startswith("utils")]
+    violations = [f"{a} -> {b}: {fold(a)} must not import from {fold(b)}" for a, b in sorted(edges)
+                  if forbidden(fold(a), fold(b))]
     violations += [f"{a} -> {b}: an entry script imports another" for a, b in sorted(edges)
                    if a in scripts and b in scripts]
     for line in violations:

@@ -2,7 +2,7 @@
 
     python -m bench.profile_cli --skip 40 --steps 100 -- <train_scene_rendering.py arguments>
 
-Runs the training script in this process and profiles only steps skip+1 .. skip+steps (torch.compile's
+Runs the training script in this process (``runpy``) and profiles only steps skip+1 .. skip+steps (torch.compile's
 compilation and the workers' start stay out), then prints the host time per step and the functions with
 the most time of their own. With a GPU, time in ``Event.synchronize`` is the host waiting for the GPU
 (the GPU sets the pace); the rest is host work, which the GPU waits for when it adds up to more than the
@@ -11,10 +11,13 @@ GPU's step. cProfile slows Python code down, so read the shares, not the absolut
 import argparse
 import cProfile
 import pstats
+import runpy
 import sys
+from pathlib import Path
 
-import train_scene_rendering as train
 from utils.training import loop
+
+SCRIPT = Path(__file__).resolve().parents[1] / "train_scene_rendering.py"
 
 
 def parse_args(argv=None):
@@ -45,11 +48,16 @@ def main(argv=None) -> int:
         return queue(trainer, batch, stop)
 
     loop.Trainer.train_step = profiled
-    try:
-        code = train.main(args.train_args)
+    argv, sys.argv = sys.argv, [str(SCRIPT), *args.train_args]
+    try:  # the script as python runs it (not imported: bench depends on the library, not on entry scripts)
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
     finally:
         profiler.disable()
         loop.Trainer.train_step = queue
+        sys.argv = argv
     steps = min(max(started - args.skip, 0), args.steps)
     if steps == 0:
         raise SystemExit(f"error: the run took {started} steps, none after --skip {args.skip}")

@@ -208,7 +208,6 @@ def test_bench_loader_times_every_batch_it_counts(monkeypatch):
 def test_profile_cli_profiles_only_the_steps_after_the_skipped_ones(tmp_path, capsys):
     from bench import profile_cli
     from tests.train_support import tiny
-    import train_scene_rendering as train
 
     queue = loop.Trainer.train_step
     argv = ["--skip", "2", "--steps", "3", "--rows", "100000", "--"] + tiny(tmp_path, steps=6, data=SAMPLES,

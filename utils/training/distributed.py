@@ -5,7 +5,7 @@ under ``torchrun`` - one code path for all of them.
 in the matching wrapper, ``reduce_sum`` adds a small tensor over processes. Rank 0 alone logs and saves.
 
 Under torchrun every rank draws its own batches as a pure function of ``(seed, step, rank)``
-(``utils/hotel.plan_step``): this per-rank plan replaces a DistributedSampler (independent draws
+(``utils/data/hotel.plan_step``): this per-rank plan replaces a DistributedSampler (independent draws
 per rank instead of a partition of a fixed epoch - training here has no epochs), and it is why a
 checkpoint needs no per-rank state and resumes under any world size.
 """
