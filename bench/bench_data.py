@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,9 @@ from PIL import Image
 from utils.data.episodes import EpisodeError, decode_views, list_episodes, load_episode, pose_vectors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "mazes" / "train"
+# The real episodes (GEN_REAL_MAZES, as for the tests: docs/benchmarks.md), else the built-in samples.
+DEFAULT_DATA_DIR = (Path(os.environ["GEN_REAL_MAZES"]) / "train" if os.environ.get("GEN_REAL_MAZES") else
+                    REPO_ROOT / "data_samples" / "train")
 
 
 def sample_ours(path, views, img_size):
@@ -50,9 +53,9 @@ def sample_reference(path, views, img_size):
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
-    """The data benchmarks' --data_dir: the shared real episodes unless told otherwise."""
+    """The data benchmarks' --data_dir: the real episodes where GEN_REAL_MAZES names them."""
     parser.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help="directory of episode files (default: ../shared/mazes/train next to the repo)")
+                        help="directory of episode files (default: $GEN_REAL_MAZES/train, else data_samples/train)")
 
 
 def parse_args(argv=None):

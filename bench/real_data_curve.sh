@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# A short CPU training run on the real DeepMind Lab mazes in ../shared/mazes/train: 25 episodes to train
+# A short CPU training run on the real DeepMind Lab mazes in $GEN_REAL_MAZES/train (or SRC=DIR): 25 episodes to train
 # on, 6 held out for the test losses; pixel sigma held fixed so the test loss measures learning alone.
 # Writes results/real_data_curve.png and prints the first/last test losses (the README's figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SRC=${SRC:-../shared/mazes/train}
+SRC=${SRC:-${GEN_REAL_MAZES:-}/train}
 STEPS=${STEPS:-300}
 RUNS=${RUNS:-logs/real}
-[ -d "$SRC" ] || { echo "real_data_curve.sh: no $SRC (the real episodes); set SRC=DIR" >&2; exit 2; }
+[ -d "$SRC" ] || { echo "real_data_curve.sh: no $SRC (the real episodes); set GEN_REAL_MAZES=DIR or SRC=DIR/train" >&2; exit 2; }
 split=$(mktemp -d)
 mkdir -p "$split/train" "$split/test"
 i=0

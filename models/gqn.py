@@ -3,7 +3,7 @@ inference and generation cores of the DRAW renderer, and the baseline composer t
 into one representation.
 
 Parameter names and shapes follow the original GEN implementation (itself built on the torch-gqn
-port), so its checkpoints load as they are: see ``../shared/reference/original_state_dict.txt``.
+port), so its checkpoints load as they are: see ``tests/reference/original_state_dict.txt``.
 
 Shapes: S = image size, s = S // SCALE = the cores' state size (16 for 64 x 64 images).
 """

@@ -28,7 +28,7 @@ def documented_command() -> list:
     found = []
     for doc in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]:
         if doc.is_file():
-            found += re.findall(r"^\s*python -m utils\.make_mazes (--out data_samples .*)$",
+            found += re.findall(r"^\s*python -m utils\.data\.make_mazes (--out data_samples .*)$",
                                 doc.read_text(), re.M)
     assert found, "no `python -m utils.data.make_mazes --out data_samples ...` line in README.md or docs/"
     assert len(set(found)) == 1, f"the documentation gives several commands for data_samples/: {set(found)}"

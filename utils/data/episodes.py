@@ -6,7 +6,7 @@ array of camera poses ``x, y, z, yaw, pitch``.
 Formats read by :func:`load_episode` (all of them also gzip-compressed, detected by magic bytes, and
 refused if they decompress to more than 64 MiB):
 
-* legacy: the original GEN tools' files (``../shared/mazes/train/*.pt``), a legacy (non-zip)
+* legacy: the original GEN tools' files (the GQN `mazes` episodes they wrote), a legacy (non-zip)
   ``torch.save`` stream: four pickles in a row - magic number, protocol version (1001), sys_info dict,
   then the object, a namedtuple ``Scene(frames, cameras)`` pickled from ``__main__`` (frames: object
   array or list of JPEG bytes; cameras: float32 (1, N, 5)). No tensors, so no storage section follows.

@@ -16,7 +16,7 @@ families and colours modelled on the real frames (green circuit-board walls, red
 and blocks; sandy, orange, light-blue floors; a plain light-blue sky). A wall face takes the texture of
 the region it faces.
 
-Units and conventions (the same as DeepMind's GQN `mazes` data, measured on `../shared/mazes`):
+Units and conventions (the same as DeepMind's GQN `mazes` data, measured on 31 of its episodes):
 - Cells are 0.1 wide; the grid spans x, y in [-0.4, 0.3] (cell (ix, iy) covers
   x in [-0.4 + 0.1 ix, -0.3 + 0.1 ix], y likewise). Walls are 0.1 high, the eye is at 0.05
   (horizon in the middle of the image); z = pitch = 0 in the cameras, as in the real data.
