@@ -22,6 +22,24 @@ class CheckpointError(ValueError):
     """A file that is not a usable checkpoint; the message names the file."""
 
 
+def plain(value):
+    """A command-line value as a checkpoint-safe plain type."""
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def checkpoint_payload(step: int, task: str, model_state: dict, optimizer_state: dict, scheduler: dict, args: dict,
+                       extras: dict) -> dict:
+    """What a training run saves (the module docstring's layout), with this process's RNG states."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"epoch": step, "format": FORMAT, "task": task, "model_state_dict": model_state,
+            "optimizer_state_dict": optimizer_state, "scheduler_state_dict": scheduler, **extras,
+            "args": {name: plain(value) for name, value in args.items()}, "rng_state": rng}
+
+
 def save_checkpoint(payload: dict, path) -> None:
     """Write ``payload`` to ``path`` atomically: temp file in the same directory, fsync, rename.
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from utils import command
 from utils.training import distributed, optimizer, schedules, summaries
-from utils.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model_state, require_task
+from utils.checkpoint import CheckpointError, checkpoint_payload, plain, load_checkpoint, load_model_state, require_task
 from utils.training.checkpoint_dir import CheckpointDir
 from utils.data.episodes import EpisodeError, list_episodes
 from utils.data.hotel import HotelSteps, extent_warning, step_key, step_loader
@@ -75,13 +75,6 @@ def count_episodes(directory, grids, flag) -> int:
         raise TrainingError(f"{flag} {directory} holds {found} episodes; a {k}x{k} hotel needs {k * k} distinct "
                             f"ones (add episodes or use smaller grids)")
     return found
-
-
-def plain(value):
-    """args values as checkpoint-safe plain types."""
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
 def changed_flags(saved: dict, args, names) -> dict:
@@ -312,22 +305,11 @@ class Trainer:
         return {"model": to_cpu(self.model.state_dict()), "optimizer": to_cpu(self.optimizer.state_dict())}
 
     def payload(self, snapshot: dict) -> dict:
-        args, step = self.args, self.step
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
-            "epoch": step,
-            "format": FORMAT,
-            "task": self.task.name,
-            "model_state_dict": snapshot["model"],
-            "optimizer_state_dict": snapshot["optimizer"],
-            "scheduler_state_dict": {"step": step, "lr": self.lr(step), "lr_scale": self.lr_scale,
-                                     "skipped_steps": self.skipped_steps, "bad_files": sorted(self.bad_files)},
-            **self.task.checkpoint_extras(step),
-            "args": {k: plain(v) for k, v in vars(args).items()},
-            "rng_state": rng,
-        }
+        step = self.step
+        scheduler = {"step": step, "lr": self.lr(step), "lr_scale": self.lr_scale, "skipped_steps": self.skipped_steps,
+                     "bad_files": sorted(self.bad_files)}
+        return checkpoint_payload(step, self.task.name, snapshot["model"], snapshot["optimizer"], scheduler,
+                                  vars(self.args), self.task.checkpoint_extras(step))
 
     def save(self, final: bool = False):
         """Checkpoint the current state (rank 0 writes; every rank keeps it as the blow-up fallback)."""
