@@ -558,7 +558,6 @@ class Trainer:
         return False
 
 
-
 RUN_ERRORS = (TrainingError, CheckpointError, EpisodeError, distributed.DeviceError)
 
 
