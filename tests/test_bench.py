@@ -17,7 +17,8 @@ from utils.training import loop
 
 SAMPLES = REPO_ROOT / "data_samples" / "train"
 # Run from the repository root as modules (``python -m bench.bench_step``), never as files: nothing edits sys.path.
-MODULES = ["bench_data", "bench_host", "bench_loader", "bench_ops", "bench_step", "profile_cli", "step_times"]
+MODULES = ["bench_data", "bench_host", "bench_loader", "bench_ops", "bench_step", "profile_cli", "step_profile",
+           "step_times"]
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -291,3 +292,20 @@ def test_bench_ops_prints_a_table_and_a_json_line(capsys):
     assert result["calls"] == sum(row["calls"] for row in result["rows"])
     assert result["as_gemms_ms_per_step"] > 0
     assert 0 < result["plain_convolutions_ms_per_step"] < result["ops_ms_per_step"]
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_step_profile_splits_a_step_into_its_parts(baseline, capsys):
+    from bench import step_profile
+
+    result = step_profile.main(["--context_views", "2", "--steps", "1", "--layers", "1"] +
+                               (["--baseline"] if baseline else []))
+    parts = result["parts"]
+    memory = "GQN sum" if baseline else "message passing"
+    assert list(parts) == ["Pool network", memory, "DRAW cores", "other (Adam, losses, glue)"]
+    counted = [parts[name]["gflop"] for name in ("Pool network", memory, "DRAW cores")]
+    # The parts' FLOPs add up to the step's (a loss's few reductions aside); only GEN's memory does work.
+    assert sum(counted) == pytest.approx(result["step_gflop"], rel=0.01)
+    assert (parts[memory]["gflop"] == 0) == baseline
+    assert all(parts[name]["ms"] > 0 for name in ("Pool network", "DRAW cores"))
+    assert "| whole step |" in capsys.readouterr().out
