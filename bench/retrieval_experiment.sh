@@ -10,11 +10,10 @@
 #   DATA=DIR ... bash bench/retrieval_experiment.sh    # use DIR/train and DIR/test instead of generating
 #
 # Budget (2-core CPU, <= 120 minutes): 16 px images, 8 context views, 8 mazes a step on 1x1 and 2x2 hotels (72
-# candidates a step). Measured: ~1.1 s of CPU per GEN step on one thread (data_samples, 16 px), so the default
-# 3000 steps take ~55-70 minutes with both models training at once, one per core; generating the mazes takes a
-# few minutes, and the evaluation (2 models x 5 grid sizes x 400 queries x 36 candidates) ~5-10 minutes: about
-# 80-90 minutes in all, with room for a slower machine. Constant lr 5e-4 (the paper anneals over 1.6M steps,
-# far beyond this budget). STEPS scales the training linearly; QUERIES the evaluation.
+# candidates a step). Measured on a 2-core VM (2026-12-04, results/retrieval/): 3000 steps took 73 minutes for the
+# GEN and 60 for GQN side by side, one per core, and the evaluation (2 models x 5 grid sizes x 400 queries x 36
+# candidates) 6.5 minutes; with the mazes' generation, about 85-90 minutes in all. Constant lr 5e-4 (the paper
+# anneals over 1.6M steps, far beyond this budget). STEPS scales the training linearly; QUERIES the evaluation.
 #
 # Writes OUT/retrieval.csv (model, grid, queries, candidates, chance, accuracy, accuracy_lo, accuracy_hi),
 # OUT/retrieval.md and OUT/retrieval.png. Re-running resumes both trainings (--saved_model auto); a run
