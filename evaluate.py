@@ -40,12 +40,11 @@ from typing import List
 import torch
 
 from utils import command
-from utils.atomic import atomic_path
 from utils.checkpoint import CheckpointError
 from utils.data.episodes import EpisodeError
 from utils.data.hotel import MAX_SEED
 from utils.evaluation.trained_model import DEFAULT_SIGMA
-from utils.evaluation.report import markdown, plot, write_csv
+from utils.evaluation.report import markdown, plot, write_reports
 from utils.evaluation.scenes import DEFAULT_QUERIES, EvaluationError, prepare, run
 
 
@@ -85,13 +84,7 @@ def main(args) -> List[dict]:
     out.mkdir(parents=True, exist_ok=True)  # before the evaluation, which may take hours
     rows = run(args, load, candidates)
     table = markdown(rows, args)
-    # All three reports are written before any replaces its old version: a failure (a full disk) leaves the
-    # previous run's reports as they were, not a mix of two runs.
-    with atomic_path(out / "metrics.csv") as csv_path, atomic_path(out / "metrics.md") as md_path, \
-            atomic_path(out / "metrics.png") as png_path:
-        write_csv(rows, csv_path)
-        md_path.write_text(table)
-        plot(rows, png_path)
+    write_reports(out, "metrics", rows, table, plot)
     print(table)
     print(f"wrote {out / 'metrics.csv'}, {out / 'metrics.md'}, {out / 'metrics.png'}")
     return rows

@@ -3,6 +3,7 @@
 import csv
 from pathlib import Path
 from typing import Sequence
+from utils.atomic import atomic_path
 from utils.evaluation.scenes import DATASET_MEAN, MEAN, NEAREST, YAW_WEIGHT
 
 
@@ -24,12 +25,23 @@ def cell(value, digits=4) -> str:
     return str(value)
 
 
-def write_csv(rows: Sequence[dict], path: Path) -> None:
+def write_csv(rows: Sequence[dict], path: Path, columns: Sequence[str] = COLUMNS) -> None:
     with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: cell(row.get(key), 8) for key in COLUMNS})
+            writer.writerow({key: cell(row.get(key), 8) for key in columns})
+
+
+def write_reports(out: Path, stem: str, rows: Sequence[dict], table: str, plot, columns: Sequence[str] = COLUMNS):
+    """``out/STEM.csv``, ``.md`` (``table``) and ``.png`` (``plot(rows, path)``). All three are written before any
+    replaces its old version: a failure (a full disk) leaves the previous run's reports as they were, not a mix
+    of two runs."""
+    with atomic_path(out / f"{stem}.csv") as csv_path, atomic_path(out / f"{stem}.md") as md_path, \
+            atomic_path(out / f"{stem}.png") as png_path:
+        write_csv(rows, csv_path, columns)
+        md_path.write_text(table)
+        plot(rows, png_path)
 
 
 def interval(value, low, high, signed=False) -> str:

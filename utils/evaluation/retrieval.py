@@ -14,7 +14,6 @@ are functions of (seed, k, hotel, maze) alone (:func:`pool_plan`, :func:`pool_or
 scored on the same images. The pool is shuffled by seed so that the true view's position carries no
 information (and a tie of scores, which ``argmax`` gives to the first, favours no one).
 """
-import csv
 import hashlib
 import math
 import sys
@@ -25,7 +24,7 @@ from typing import Dict, List, NamedTuple, Sequence
 import torch
 
 from models.embed_classify import EmbedClassifier, EmbedClassifierConfig, judge
-from utils.atomic import atomic_path
+from utils.evaluation import report
 from utils.evaluation.bootstrap import bootstrap_interval
 from utils.checkpoint import EMBED_CLASSIFY, CheckpointError, load_checkpoint, load_model_state, require_task
 from utils.data.episodes import to_unit
@@ -252,18 +251,6 @@ def run(args, load: EpisodeCache, retrievers: Sequence[Retriever]) -> List[dict]
 
 
 # ---- reports ---------------------------------------------------------------------------------------
-def cell(value, digits=8) -> str:
-    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-
-
-def write_csv(rows: Sequence[dict], path) -> None:
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: cell(row[key]) for key in COLUMNS})
-
-
 def markdown(rows: Sequence[dict], args) -> str:
     """Grid sizes down, models across: accuracy [95% interval], then the pool size and chance."""
     labels = list(dict.fromkeys(row["model"] for row in rows))
@@ -316,12 +303,8 @@ def plot(rows: Sequence[dict], path) -> None:
 
 
 def write_reports(rows: Sequence[dict], args, out: Path) -> str:
-    """retrieval.csv, retrieval.md and retrieval.png under ``out``, all written before any replaces its old
-    version; returns the Markdown table."""
+    """retrieval.csv, retrieval.md and retrieval.png under ``out`` (``report.write_reports``); returns the
+    Markdown table."""
     table = markdown(rows, args)
-    with atomic_path(out / "retrieval.csv") as csv_path, atomic_path(out / "retrieval.md") as md_path, \
-            atomic_path(out / "retrieval.png") as png_path:
-        write_csv(rows, csv_path)
-        md_path.write_text(table)
-        plot(rows, png_path)
+    report.write_reports(out, "retrieval", rows, table, plot, COLUMNS)
     return table
