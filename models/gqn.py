@@ -64,21 +64,31 @@ class SummedComposer(nn.Module):
 
     r = [query x, y | pose copies | summed embedding], the original baseline's layout (its x, y mirror
     the GEN's read state, which starts with the position it was read at); ``origin`` and ``grid`` are
-    not used: one sum holds the whole hotel. ``memory_norm`` (the default) layer-normalises the sum, which
-    otherwise grows with the number of views and, under Adam, by orders of magnitude in the first steps.
+    not used: one sum holds the whole hotel.
+
+    ``memory_norm`` (the default) standardises every view's embedding per channel (batch statistics in
+    training, running ones in evaluation: ``view_norm``, buffers only) before summing, and layer-normalises
+    the sum. Without the layer norm (the original) the sum grows with the number of views and, under
+    Adam, by orders of magnitude in the first steps. Without the per-view standardisation most of each
+    channel's sum is shared by every maze (the Pool network's outputs are ReLUs, all positive), and the
+    renderer learns to ignore r before the Pool network learns to set the mazes apart
+    (docs/training.md, Diagnostics).
     """
 
     def __init__(self, embedding: int = 254, copies: int = 32, memory_norm: bool = True):
         super().__init__()
         self.memory_norm = memory_norm
         self.embedder = Pool(embedding)
+        self.view_norm = nn.BatchNorm1d(embedding, affine=False) if memory_norm else None
         self.copies = copies
         self.output_dim = 2 + copies * POSE_DIM + embedding
 
     def forward(self, context_frames, context_poses, query_poses, origin, grid: int):
         n, v = context_poses.shape[:2]
-        embeddings = self.embedder(context_frames.flatten(0, 1), context_poses.flatten(0, 1)).view(n, v, -1)
-        summed = normalized(embeddings.sum(dim=1), self.memory_norm)
+        embeddings = self.embedder(context_frames.flatten(0, 1), context_poses.flatten(0, 1))
+        if self.view_norm is not None:
+            embeddings = self.view_norm(embeddings)
+        summed = normalized(embeddings.view(n, v, -1).sum(dim=1), self.memory_norm)
         summed = summed[:, None, :].expand(-1, query_poses.shape[1], -1)  # (N, Q, embedding)
         return torch.cat([query_poses[..., :2], pose_copies(query_poses, self.copies), summed], dim=-1)
 

@@ -46,3 +46,24 @@ def test_a_file_holding_other_objects_is_refused_for_safety(tmp_path):
     line = error_line(code)
     assert "holds objects other than plain tensors and numbers" in line and "refused for safety" in line
     assert "system" in line and "damaged" not in line
+
+
+def test_a_baseline_saved_before_its_views_were_standardised_evaluates_as_it_was_trained(tmp_path):
+    """A format-2 baseline with --memory_norm layer-normalised its sum only: loaded today, it gets the
+    statistics of no standardisation and gives the r it gave then."""
+    from models.scene import ModelConfig, SceneModel
+    from tests.test_models import random_hotel
+    from utils.checkpoint import FORMAT, model_from_checkpoint
+    torch.manual_seed(0)
+    then = SceneModel(ModelConfig(img_size=16, layers=2, baseline=True)).eval()
+    then.composer.view_norm = None  # what --memory_norm was for the baseline in format 2
+    path = tmp_path / "format2.pt"
+    args = {"img_size": 16, "layers": 2, "baseline": True, "memory_norm": True}
+    save_checkpoint({"epoch": 3, "format": 2, "model_state_dict": then.state_dict(), "args": args}, path)
+    with pytest.warns(UserWarning, match="before the baseline's --memory_norm standardised each view"):
+        now, checkpoint = model_from_checkpoint(path)
+    assert checkpoint["format"] == FORMAT and now.composer.view_norm is not None
+    frames, poses, origin = random_hotel(2, hotels=3)
+    with torch.no_grad():
+        assert torch.allclose(now.composer(frames, poses, poses, origin, 2), then.composer(frames, poses, poses, origin, 2),
+                              atol=1e-5)

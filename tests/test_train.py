@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import train_scene_rendering as train
 from models.scene import ModelConfig, SceneModel
-from utils.checkpoint import model_config
+from utils.checkpoint import FORMAT, model_config
 from tests.conftest import REPO_ROOT, requires_cuda
 from tests.test_models import random_hotel
 from tests.train_support import (DUMP_SCRIPT, SCRIPT, assert_one_line_error, change_loss, main_error, make_scratch,  # noqa: F401
@@ -107,12 +107,15 @@ def test_tensorboard_holds_the_scalar_and_image_tags(straight_run):
     assert images["images/train"] == [3, 6]  # no training batch before the first step
 
 
-def test_loads_an_original_format_checkpoint_and_continues_from_its_epoch(real_tiny, scratch, one_thread, capsys):
+@pytest.mark.parametrize("baseline", [False, True], ids=["gen", "gqn"])
+def test_loads_an_original_format_checkpoint_and_continues_from_its_epoch(real_tiny, scratch, one_thread, capsys,
+                                                                           baseline):
     torch.manual_seed(123)
-    weights = SceneModel(ModelConfig(img_size=16, layers=2)).state_dict()
+    weights = SceneModel(ModelConfig(img_size=16, layers=2, baseline=baseline, memory_norm=False)).state_dict()
     original = scratch / "original.pt"
     torch.save({"epoch": 7, "model_state_dict": {"module." + k: v for k, v in weights.items()}}, original)
-    assert train.main(real_tiny(scratch, "--saved_model", original, steps=8)) == 0
+    flags = ["--baseline"] if baseline else []
+    assert train.main(real_tiny(scratch, "--saved_model", original, *flags, steps=8)) == 0
     err = capsys.readouterr().err
     assert "fresh optimizer" in err and "original-implementation checkpoint" in err
     checkpoint = load(scratch / "run" / "models" / "checkpoint-final.pt")
@@ -163,8 +166,8 @@ def test_a_checkpoint_of_the_earlier_r_order_is_reordered_on_load(scratch, basel
     from utils.checkpoint import model_from_checkpoint
     original, old_layout = R_LAYOUTS[baseline, "original"], R_LAYOUTS[baseline, "format 1"]
     assert len(r_channels(original)) == len(r_channels(old_layout)) == R_DIM[baseline]
-    torch.manual_seed(0)
-    model = SceneModel(ModelConfig(img_size=16, layers=2, baseline=baseline))
+    torch.manual_seed(0)  # format 1 predates --memory_norm: its runs trained the original composers
+    model = SceneModel(ModelConfig(img_size=16, layers=2, baseline=baseline, memory_norm=False))
     # The description of the original layout is today's r (tests/test_models.py checks the same from its side).
     frames, poses, origin = random_hotel(1, hotels=1)
     with torch.no_grad():
@@ -189,7 +192,7 @@ def test_a_checkpoint_of_the_earlier_r_order_is_reordered_on_load(scratch, basel
         loaded, checkpoint = model_from_checkpoint(path)
     for key, value in weights.items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    assert checkpoint["format"] == 2 and "optimizer_state_dict" not in checkpoint
+    assert checkpoint["format"] == FORMAT and "optimizer_state_dict" not in checkpoint
     line = "the first two inputs, once the hotel centre" in checkpoint["upgraded"]
     assert line == baseline
     if not baseline:  # training on keeps the schedule's state; only Adam's moments (in the old order) go
@@ -199,7 +202,7 @@ def test_a_checkpoint_of_the_earlier_r_order_is_reordered_on_load(scratch, basel
         assert "reordered and its optimizer state dropped: starting at step 3 with a fresh optimizer" in \
             capsys.readouterr().err
         final = load(scratch / "run" / "models" / "checkpoint-final.pt")
-        assert final["format"] == 2 and final["scheduler_state_dict"]["lr_scale"] == 0.25
+        assert final["format"] == FORMAT and final["scheduler_state_dict"]["lr_scale"] == 0.25
         assert final["scheduler_state_dict"]["skipped_steps"] == 5
 
 

@@ -114,10 +114,14 @@ def load_checkpoint(path) -> dict:
     payload["model_state_dict"] = clean_state_dict(payload["model_state_dict"])
     if not isinstance(payload.get("args", {}), dict):
         raise CheckpointError(f"{path} is not a checkpoint: its args are not a dict")
-    if "args" in payload and payload.get("format", 1) < FORMAT:
-        _reorder_r(payload)
-    if "args" in payload:  # runs saved before --memory_norm existed trained the original composer
-        payload["args"].setdefault("memory_norm", False)
+    if "args" in payload:  # this project's checkpoint; the original implementation's have no args
+        payload["args"].setdefault("memory_norm", False)  # runs saved before --memory_norm trained the original
+        version = payload.get("format", 1)
+        if version < 2:
+            _reorder_r(payload)
+        if version < 3:
+            _add_view_norm(payload)
+        payload["format"] = FORMAT
     if not isinstance(payload.get("task", ""), str):
         raise CheckpointError(f"{path} is not a checkpoint: its task is not a name")
     return payload
@@ -177,7 +181,8 @@ def _unreadable(path, error: Exception) -> str:
 # 2: r in the original implementation's channel order. This project's checkpoints written before it (format 1:
 # they have saved args but no format) fed upsample_r r as [read state | pose copies] (GEN) or [hotel centre |
 # sum | pose copies] (baseline). Original-implementation checkpoints (no args) are in the original order.
-FORMAT = 2
+# 3: the baseline's --memory_norm standardises each view (composer.view_norm buffers).
+FORMAT = 3
 _R_WEIGHTS = ("inference_core.upsample_r.weight", "generation_core.upsample_r.weight")
 
 
@@ -192,10 +197,28 @@ def _reorder_r(payload: dict) -> None:
             w = weights[key]
             weights[key] = torch.cat([w[:2], w[256:], w[2:256]] if baseline else [w[256:], w[:256]])
     payload.pop("optimizer_state_dict", None)
-    payload["format"] = FORMAT
     payload["upgraded"] = ("written before r took the original's channel order: its upsample_r weights were "
                            "reordered" + (" (the first two inputs, once the hotel centre, are now the query's "
                                           "x, y)" if baseline else "") + " and its optimizer state dropped")
+
+
+_VIEW_NORM = "composer.view_norm."
+
+
+def _add_view_norm(payload: dict) -> None:
+    """Give a baseline that layer-normalised only its sum (``--memory_norm`` before format 3) the statistics of
+    no standardisation (mean 0, variance 1): it then computes what it was trained to, up to the variance's
+    epsilon, which the layer norm of the sum cancels. Training on from it standardises with batch statistics."""
+    args, weights = payload["args"], payload["model_state_dict"]
+    embedder = weights.get("composer.embedder.conv8.weight")  # missing: the loader's mismatch error says so
+    if not (args.get("baseline") and args["memory_norm"]) or embedder is None or \
+            any(k.startswith(_VIEW_NORM) for k in weights):
+        return
+    channels = embedder.shape[0]
+    weights.update({_VIEW_NORM + "running_mean": torch.zeros(channels), _VIEW_NORM + "running_var": torch.ones(channels),
+                    _VIEW_NORM + "num_batches_tracked": torch.zeros((), dtype=torch.long)})
+    payload["upgraded"] = ("written before the baseline's --memory_norm standardised each view: it evaluates as "
+                           "trained; training on from it standardises the views")
 
 
 def load_model_state(model: torch.nn.Module, state_dict: dict, path="checkpoint") -> None:

@@ -201,13 +201,7 @@ class Trainer:
             self.note(f"warning: {warning}")
         self.test_batches = None  # built at the first evaluation, then the same every time
 
-        torch.manual_seed(args.seed)
-        self.model = task.build_model().to(runtime.device)
-        if runtime.device.type == "cuda":
-            # cuDNN's fast kernels are NHWC: NCHW weights cost two layout transposes per convolution
-            # (about 15% of a step's GPU time; bench/PROFILE.md).
-            self.model.to(memory_format=torch.channels_last)
-        self.optimizer = optimizer.adam(self.model.parameters(), lr=args.lr)
+        self.build()
         self.checkpoints = CheckpointDir(self.run_dir / "models", args.keep_checkpoints,
                                          warn=lambda m: runtime.is_main and self.note(f"warning: {m}"))
         self.step = 0  # steps done; the next step's index
@@ -229,6 +223,16 @@ class Trainer:
                            self.wrapped)
         self.good = self.snapshot()  # what a blow-up goes back to: the last checkpoint's state
         self.saved_step = None
+
+    def build(self):
+        """The model (from ``args``) and its optimizer."""
+        torch.manual_seed(self.args.seed)
+        self.model = self.task.build_model().to(self.runtime.device)
+        if self.runtime.device.type == "cuda":
+            # cuDNN's fast kernels are NHWC: NCHW weights cost two layout transposes per convolution
+            # (about 15% of a step's GPU time; bench/PROFILE.md).
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = optimizer.adam(self.model.parameters(), lr=self.args.lr)
 
     def note(self, message: str) -> None:
         say(self.task.prog, message)
@@ -274,12 +278,15 @@ class Trainer:
         if "args" not in checkpoint and getattr(args, "memory_norm", False):  # the original implementation's own
             say_(f"warning: {path} is an original-implementation checkpoint: training on with its composer "
                  f"(--no-memory_norm)")
-            args.memory_norm = self.model.composer.memory_norm = False
+            args.memory_norm = False
+            self.build()
         load_model_state(self.model, checkpoint["model_state_dict"], path)
         self.step = int(checkpoint.get("epoch", 0))
         if "optimizer_state_dict" not in checkpoint:
             why = checkpoint.get("upgraded", "holds only weights (original format)")
             say_(f"warning: {path} {why}: starting at step {self.step} with a fresh optimizer")
+        elif "upgraded" in checkpoint:
+            say_(f"warning: {path} {checkpoint['upgraded']}")
         else:
             try:
                 optimizer.load_adam_state(self.optimizer, checkpoint["optimizer_state_dict"])
