@@ -43,9 +43,9 @@ from utils import command
 from utils.checkpoint import CheckpointError
 from utils.data.episodes import EpisodeError
 from utils.data.hotel import MAX_SEED
-from utils.evaluation.trained_model import DEFAULT_SIGMA
+from utils.evaluation.trained_model import DEFAULT_SIGMA, EvaluationError
 from utils.evaluation.report import markdown, plot, write_reports
-from utils.evaluation.scenes import DEFAULT_QUERIES, EvaluationError, prepare, run
+from utils.evaluation.scenes import DEFAULT_QUERIES, prepare, run
 
 
 

@@ -21,6 +21,7 @@ import torch
 from utils import command
 from utils.evaluation import retrieval
 from utils.checkpoint import CheckpointError
+from utils.evaluation.trained_model import EvaluationError
 from utils.data.episodes import EpisodeError
 from utils.data.hotel import MAX_SEED
 
@@ -63,7 +64,7 @@ def main(args) -> List[dict]:
 def cli(argv=None) -> int:
     """0 on success; bad inputs print one line to stderr and return 2."""
     return command.run(PROG, parse_args, main,
-                       (CheckpointError, EpisodeError, retrieval.RetrievalError, OSError), argv)
+                       (CheckpointError, EpisodeError, EvaluationError, OSError), argv)
 
 
 if __name__ == "__main__":

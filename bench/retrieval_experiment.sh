@@ -27,19 +27,9 @@ QUERIES=${QUERIES:-400}
 DATA=${DATA:-$OUT/mazes}
 RUNS=$OUT/runs
 mkdir -p "$OUT"
-if [ ! -d "$DATA/train" ]; then
-    python3 -m utils.data.make_mazes --out "$DATA" --train 2000 --test 300 --seed "$SEED" --workers 2 --contact-sheet ''
-fi
-common=(@configs/retrieval_experiment.args --train_data_dir "$DATA/train" --test_data_dir "$DATA/test"
-        --steps "$STEPS" --seed "$SEED" --workers 0 --root_log_dir "$RUNS" --saved_model auto)
-OMP_NUM_THREADS=1 python3 train_embed_classify.py "${common[@]}" --log_dir GEN >"$OUT/GEN.log" 2>&1 &
-gen=$!
-OMP_NUM_THREADS=1 python3 train_embed_classify.py "${common[@]}" --log_dir GQN --baseline >"$OUT/GQN.log" 2>&1 &
-gqn=$!
-trap 'kill -TERM $gen $gqn 2>/dev/null' TERM INT
-wait $gen || true
-wait $gqn || true
-latest() { ls -t "$RUNS/$1/models/"checkpoint-*.pt | head -1; }
+source bench/side_by_side.sh
+make_data
+train_side_by_side train_embed_classify.py configs/retrieval_experiment.args
 python3 evaluate_retrieval.py --saved_model "$(latest GEN)" --saved_model "$(latest GQN)" --test_data_dir "$DATA/test" \
     --grids 1 2 3 4 5 --queries "$QUERIES" --seed "$SEED" --out "$OUT" >"$OUT/evaluate.log" 2>&1
 cat "$OUT/retrieval.md"

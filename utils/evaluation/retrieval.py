@@ -28,8 +28,8 @@ from utils.evaluation import report
 from utils.evaluation.bootstrap import bootstrap_interval
 from utils.checkpoint import EMBED_CLASSIFY, CheckpointError, load_checkpoint, load_model_state, require_task
 from utils.data.episodes import to_unit
-from utils.data.hotel import WORLD_MAZES, EpisodeCache, HotelBatch, StepPlan, build_hotels, plan_step
-from utils.evaluation.trained_model import run_name
+from utils.data.hotel import EpisodeCache, HotelBatch, StepPlan, build_hotels, plan_step
+from utils.evaluation.trained_model import EvaluationError, check_grids, run_name
 from utils.evaluation.scenes import PLANNED_CONTEXT_VIEWS
 
 POOL_MAZES = 4  # the query's own maze and 3 other test mazes
@@ -37,10 +37,6 @@ POOL_MAZES = 4  # the query's own maze and 3 other test mazes
 DEFAULT_QUERIES = 400  # per grid size: a 95% interval of an accuracy near 0.5 spans about +-0.05
 BATCH_QUERIES = 32  # queries per forward pass (whole hotels; at least one hotel)
 COLUMNS = ("model", "grid", "queries", "candidates", "chance", "accuracy", "accuracy_lo", "accuracy_hi")
-
-
-class RetrievalError(ValueError):
-    """A bad command line or input; printed as one line."""
 
 
 # ---- models ----------------------------------------------------------------------------------------
@@ -201,23 +197,12 @@ def evaluate_model(retriever: Retriever, batches, queries: int, device, progress
     return accuracy_row(torch.cat(correct)[:queries], candidates)
 
 
-def check_inputs(grids: Sequence[int], n_episodes: int, pool_mazes: int, retrievers: Sequence[Retriever],
-                 directory) -> None:
+def check_pools(pool_mazes: int, n_episodes: int, directory) -> None:
     if pool_mazes < 1:
-        raise RetrievalError(f"the pool needs at least the query's own maze, got {pool_mazes} mazes")
+        raise EvaluationError(f"the pool needs at least the query's own maze, got {pool_mazes} mazes")
     if n_episodes < pool_mazes:
-        raise RetrievalError(f"{directory} holds {n_episodes} episodes; pools of {pool_mazes} mazes need at least "
-                             f"{pool_mazes} (the query's own and {pool_mazes - 1} others)")
-    for grid in grids:
-        if grid < 1 or grid > WORLD_MAZES:
-            raise RetrievalError(f"grid sizes must lie in 1..{WORLD_MAZES}, got {grid}")
-        if grid * grid > n_episodes:
-            raise RetrievalError(f"grid {grid}x{grid} needs {grid * grid} distinct episodes but {directory} holds "
-                                 f"{n_episodes}")
-        for retriever in retrievers:
-            if grid > retriever.max_grid:
-                raise RetrievalError(f"grid {grid}x{grid} is larger than {retriever.label}'s world "
-                                     f"({retriever.max_grid}x{retriever.max_grid} mazes)")
+        raise EvaluationError(f"{directory} holds {n_episodes} episodes; pools of {pool_mazes} mazes need at least "
+                              f"{pool_mazes} (the query's own and {pool_mazes - 1} others)")
 
 
 def prepare(args):
@@ -225,7 +210,8 @@ def prepare(args):
     load = EpisodeCache(args.test_data_dir)
     retrievers = [load_retriever(path, args.device) for path in args.saved_model]
     unique_labels(retrievers)
-    check_inputs(args.grids, len(load), args.pool_mazes, retrievers, args.test_data_dir)
+    check_pools(args.pool_mazes, len(load), args.test_data_dir)
+    check_grids(args.grids, len(load), retrievers, args.test_data_dir)
     return load, retrievers
 
 

@@ -16,8 +16,8 @@ import torch
 
 from utils.data import hotel
 from utils.data.episodes import decode_pixels, to_unit
-from utils.data.hotel import WORLD_MAZES, HotelBatch, StepPlan, build_hotels, plan_step
-from utils.evaluation.trained_model import Candidate, load_candidate
+from utils.data.hotel import HotelBatch, StepPlan, build_hotels, plan_step
+from utils.evaluation.trained_model import Candidate, EvaluationError, check_grids, load_candidate
 from utils.evaluation.metrics import accumulate, finish, image_row
 
 YAW_WEIGHT = 0.5  # world units per radian in pose_distance: a 90 degree turn ~ 0.8 units ~ 3 maze squares
@@ -29,11 +29,6 @@ DATASET_MEAN_VIEWS = 32
 # Context views planned per maze; a model with C views sees the first C. Fixed, so that a model's inputs do
 # not depend on the other checkpoints of the command (only one with more views than this changes them).
 PLANNED_CONTEXT_VIEWS = 64
-
-
-
-class EvaluationError(ValueError):
-    """A bad command line or input; printed as one line."""
 
 
 
@@ -253,22 +248,10 @@ def workload(args, grid: int):
     return math.ceil(args.queries / (grid * grid)), args.queries
 
 
-def check_grids(grids: Sequence[int], n_episodes, candidates: Sequence[Candidate], directory) -> None:
-    if n_episodes is not None and n_episodes < 2:
+def check_episodes(n_episodes: int, directory) -> None:
+    if n_episodes < 2:
         raise EvaluationError(f"{directory} holds {n_episodes} episode; the evaluation needs at least 2 (the "
                               f"context swap and the dataset mean take the views of another episode)")
-    for grid in grids:
-        if grid < 1:
-            raise EvaluationError(f"grid sizes must be at least 1, got {grid}")
-        if grid > WORLD_MAZES:
-            raise EvaluationError(f"grid {grid}x{grid} is too big for the world ({WORLD_MAZES}x{WORLD_MAZES} mazes)")
-        if n_episodes is not None and grid * grid > n_episodes:
-            raise EvaluationError(f"grid {grid}x{grid} needs {grid * grid} distinct episodes but {directory} "
-                                  f"holds {n_episodes}")
-        for candidate in candidates:
-            if grid > candidate.max_grid:
-                raise EvaluationError(f"grid {grid}x{grid} is larger than {candidate.label}'s world "
-                                      f"({candidate.max_grid}x{candidate.max_grid} mazes)")
 
 
 def prepare(args):
@@ -277,6 +260,7 @@ def prepare(args):
     load = EpisodeCache(args.test_data_dir)
     candidates = [load_candidate(path, args.device, args.sigma) for path in args.saved_model]
     unique_labels(candidates)
+    check_episodes(len(load), args.test_data_dir)
     check_grids(args.grids, len(load), candidates, args.test_data_dir)
     return load, candidates
 

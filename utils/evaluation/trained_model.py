@@ -2,9 +2,11 @@
 evaluate.py scores and make_gif.py animates."""
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Sequence
 
 from models.scene import SceneModel
 from utils.checkpoint import CheckpointError, model_from_checkpoint
+from utils.data.hotel import WORLD_MAZES
 
 DEFAULT_SIGMA = 0.7  # the pixel sigma at the end of the original schedule, for checkpoints without one
 
@@ -20,6 +22,27 @@ class Candidate:
     sigma: float
     steps: object = None  # training steps of the checkpoint ("epoch"), if saved
     train_grids: tuple = ()  # grid sizes it was trained on, if saved
+
+
+class EvaluationError(ValueError):
+    """Inputs an evaluation cannot score: a one-line message for the command line."""
+
+
+def check_grids(grids: Sequence[int], n_episodes: Optional[int], models: Sequence, directory) -> None:
+    """Every k x k hotel of ``grids`` fits the world, ``n_episodes`` distinct episodes of ``directory`` (None:
+    not counted yet) and the world of every model (anything with a ``label`` and a ``max_grid``)."""
+    for grid in grids:
+        if grid < 1:
+            raise EvaluationError(f"grid sizes must be at least 1, got {grid}")
+        if grid > WORLD_MAZES:
+            raise EvaluationError(f"grid {grid}x{grid} is too big for the world ({WORLD_MAZES}x{WORLD_MAZES} mazes)")
+        if n_episodes is not None and grid * grid > n_episodes:
+            raise EvaluationError(f"grid {grid}x{grid} needs {grid * grid} distinct episodes but {directory} "
+                                  f"holds {n_episodes}")
+        for model in models:
+            if grid > model.max_grid:
+                raise EvaluationError(f"grid {grid}x{grid} is larger than {model.label}'s world "
+                                      f"({model.max_grid}x{model.max_grid} mazes)")
 
 
 def run_name(path) -> str:

@@ -54,7 +54,8 @@ def add_baseline(group, what: str = "GQN baseline (summed representation) instea
 
 def add_memory_norm(group):
     group.add_argument("--memory_norm", action=argparse.BooleanOptionalAction, default=True,
-                       help="layer-normalise the composer's memory where it is read (no parameters); "
+                       help="layer-normalise the composer's memory where it is read, and for the baseline "
+                            "standardise each view before the sum (running statistics, no trained parameters); "
                             "--no-memory_norm: the original implementation's composer, whose memory explodes "
                             "and stops being read within the first steps (used for original checkpoints)")
 
