@@ -27,7 +27,7 @@ def tiny_checkpoint(path: Path, baseline: bool, seed: int = 0, context_views: in
     torch.manual_seed(seed)
     model = SceneModel(ModelConfig(img_size=16, layers=2, baseline=baseline))
     save_checkpoint({"epoch": 0, "format": FORMAT, "model_state_dict": model.state_dict(),
-                     "args": {"img_size": 16, "layers": 2, "baseline": baseline, "raw_poses": False,
+                     "args": {"img_size": 16, "layers": 2, "baseline": baseline, "memory_norm": True, "raw_poses": False,
                               "context_views": context_views, "seed": 0}}, path)
     return path
 
