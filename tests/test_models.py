@@ -172,9 +172,19 @@ def reference_shapes(section):
 
 @pytest.mark.parametrize("baseline, section", [(False, "GEN"), (True, "baseline")])
 def test_parameters_match_the_original_implementation(baseline, section):
+    """The original composer holds exactly the original's tensors; --memory_norm adds no parameter, only the
+    baseline's per-view statistics (buffers)."""
+    reference = reference_shapes(section)
+    shapes = lambda model: {name: tuple(t.shape) for name, t in model.state_dict().items()}  # noqa: E731
+    original = SceneModel(ModelConfig(baseline=baseline, memory_norm=False))
+    assert shapes(original) == reference
     model = SceneModel(ModelConfig(baseline=baseline))
-    mine = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    assert mine == reference_shapes(section)
+    assert dict(model.named_parameters()).keys() == dict(original.named_parameters()).keys()
+    extra = {name: shape for name, shape in shapes(model).items() if name not in reference}
+    view_norm = {"composer.view_norm.running_mean": (254,), "composer.view_norm.running_var": (254,),
+                 "composer.view_norm.num_batches_tracked": ()}
+    assert extra == (view_norm if baseline else {})
+    assert {name: shape for name, shape in shapes(model).items() if name in reference} == reference
 
 
 def test_static_work_runs_once_per_forward_not_once_per_layer():
