@@ -98,9 +98,11 @@ def _setup_distributed(device_ids: Optional[Sequence[int]]) -> Runtime:
     return Runtime(device, (), rank, world, True)
 
 
-# The only buffers are constant graph indices, built identically everywhere: no need to sync them at
-# every forward (forward_sync_buffers=False still broadcasts them once at the start, which is harmless).
-# torch 2.13 renamed the option; the old name warns from then on.
+# The buffers are constant graph indices, built identically everywhere, and the baseline's running view
+# statistics, which training never reads (it standardises with each process's batch statistics; evaluation
+# and checkpoints use rank 0's): no need to sync them at every forward (forward_sync_buffers=False still
+# broadcasts them once at the start, which is harmless). torch 2.13 renamed the option; the old name warns
+# from then on.
 _NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
                    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
                    else {"broadcast_buffers": False})
