@@ -647,3 +647,23 @@ def test_runs_with_different_seeds_share_no_step_however_long_they_train():
             for rank in range(4)}
     assert len(keys) == 3 * 5 * 4 and all(0 <= key < 2 ** 64 for key in keys)
     assert len({loop.noise_seed(0, step, 0) for step in range(1000)}) == 1000
+
+
+def test_a_baseline_saved_before_its_views_were_standardised_trains_on_with_its_optimizer_state(scratch, one_thread,
+                                                                                                 capsys):
+    """A format-2 GQN checkpoint with --memory_norm (the layer norm of its sum only) is upgraded on load, says so,
+    and still resumes Adam's moments: its upgrade adds buffers, not parameters."""
+    data = REPO_ROOT / "data_samples" / "train"
+    assert train.main(tiny(scratch, "--baseline", steps=2, data=data)) == 0
+    path = scratch / "run" / "models" / "checkpoint-final.pt"
+    checkpoint = load(path)
+    checkpoint["format"] = 2
+    checkpoint["model_state_dict"] = {k: v for k, v in checkpoint["model_state_dict"].items()
+                                      if not k.startswith("composer.view_norm.")}
+    torch.save(checkpoint, path)
+    capsys.readouterr()
+    assert train.main(tiny(scratch, "--baseline", "--saved_model", "auto", steps=3, data=data)) == 0
+    err = capsys.readouterr().err
+    assert "written before the baseline's --memory_norm standardised each view" in err and "fresh optimizer" not in err
+    adam_steps = {float(state["step"]) for state in load(path)["optimizer_state_dict"]["state"].values()}
+    assert adam_steps == {3.0}, adam_steps  # 2 steps resumed + 1; a fresh optimizer would count 1

@@ -211,8 +211,7 @@ def _add_view_norm(payload: dict) -> None:
     epsilon, which the layer norm of the sum cancels. Training on from it standardises with batch statistics."""
     args, weights = payload["args"], payload["model_state_dict"]
     embedder = weights.get("composer.embedder.conv8.weight")  # missing: the loader's mismatch error says so
-    if not (args.get("baseline") and args["memory_norm"]) or embedder is None or \
-            any(k.startswith(_VIEW_NORM) for k in weights):
+    if not (args.get("baseline") and args["memory_norm"]) or embedder is None:
         return
     channels = embedder.shape[0]
     weights.update({_VIEW_NORM + "running_mean": torch.zeros(channels), _VIEW_NORM + "running_var": torch.ones(channels),

@@ -285,9 +285,9 @@ class Trainer:
         if "optimizer_state_dict" not in checkpoint:
             why = checkpoint.get("upgraded", "holds only weights (original format)")
             say_(f"warning: {path} {why}: starting at step {self.step} with a fresh optimizer")
-        elif "upgraded" in checkpoint:
-            say_(f"warning: {path} {checkpoint['upgraded']}")
         else:
+            if "upgraded" in checkpoint:
+                say_(f"warning: {path} {checkpoint['upgraded']}")
             try:
                 optimizer.load_adam_state(self.optimizer, checkpoint["optimizer_state_dict"])
             except (ValueError, KeyError) as error:
