@@ -21,6 +21,7 @@ import torchvision.io
 from PIL import Image
 
 import utils.data.episodes as dataset
+from utils.data import legacy_pickle
 from utils.data import files
 from tests.conftest import REPO_ROOT
 from utils.data.episodes import (
@@ -167,15 +168,15 @@ def test_our_legacy_writer_matches_real_files(real_mazes, tmp_path, main_scene):
 def restricted_only(raw: bytes, path: str, monkeypatch):
     """What the restricted unpickler alone makes of a legacy stream (the fast path switched off)."""
     with monkeypatch.context() as m:
-        m.setattr(dataset, "_read_legacy_fast", lambda raw, path: None)
-        return dataset._read_legacy(raw, path)
+        m.setattr(legacy_pickle, "_read_legacy_fast", lambda raw, path: None)
+        return legacy_pickle.read_legacy(raw, path)
 
 
 def test_legacy_fast_path_identical_to_restricted_unpickler(real_mazes, monkeypatch):
     """Every shared file takes the fast path, with byte-identical frames and identical cameras."""
     for path in list_episodes(real_mazes / "train"):
         raw = path.read_bytes()
-        fast = dataset._read_legacy_fast(raw, str(path))
+        fast = legacy_pickle._read_legacy_fast(raw, str(path))
         assert fast is not None, f"{path} did not take the fast path"
         frames, cameras = restricted_only(raw, str(path), monkeypatch)
         assert fast[0] == list(frames) and all(type(f) is bytes for f in fast[0])
@@ -209,13 +210,13 @@ def test_legacy_fast_path_leaves_anything_else_to_the_unpickler(real_mazes, tmp_
         at = cameras - 4
         size = int.from_bytes(raw[at:at + 4], "little")
         data = raw[:at] + (size - 4).to_bytes(4, "little") + raw[at + 4:at + 4 + size - 4] + raw[at + 4 + size:]
-    assert dataset._read_legacy_fast(data, "changed.pt") is None
+    assert legacy_pickle._read_legacy_fast(data, "changed.pt") is None
     path = tmp_path / "changed.pt"
     path.write_bytes(data)
     with pytest.raises(EpisodeError) as err:
         load_episode(path)
     assert str(err.value).startswith(str(path))
-    monkeypatch.setattr(dataset, "_read_legacy_fast", lambda raw, path: None)
+    monkeypatch.setattr(legacy_pickle, "_read_legacy_fast", lambda raw, path: None)
     with pytest.raises(EpisodeError) as expected:
         load_episode(path)
     assert str(err.value) == str(expected.value)
@@ -239,7 +240,7 @@ def test_a_legacy_frame_whose_text_unpickling_refuses_is_refused_when_used(real_
     original = load_episode(real_mazes / "train" / "3.pt")
     assert episode.frames[0] == original.frames[0] and episode.frames[2:] == original.frames[2:]
     assert np.array_equal(episode.cameras, original.cameras)
-    monkeypatch.setattr(dataset, "_read_legacy_fast", lambda raw, path: None)
+    monkeypatch.setattr(legacy_pickle, "_read_legacy_fast", lambda raw, path: None)
     with pytest.raises(EpisodeError, match="Unicode"):  # the unpickler refuses the whole file
         load_episode(path)
 
@@ -638,7 +639,7 @@ def original_layout(frames, cameras) -> bytes:
     """A legacy file byte for byte as the original tools (numpy 1) wrote it: the fast path's skeleton
     (checked against the real files above) around the frames' and cameras' latin-1 text in UTF-8."""
     texts = [bytes(b).decode("latin-1").encode("utf-8") for b in [*frames, np.asarray(cameras, "<f4").tobytes()]]
-    parts = dataset._legacy_skeleton(len(frames))
+    parts = legacy_pickle._legacy_skeleton(len(frames))
     return b"".join(part + len(text).to_bytes(4, "little") + text for part, text in zip(parts, texts)) + parts[-1]
 
 
@@ -679,7 +680,7 @@ def test_rewrite_names_unreadable_files_and_exits_non_zero(tmp_path, capsys):
 
 # ---- pickle opcodes refused before unpickling ------------------------------------------------------------
 
-LEGACY_HEAD = b"".join(pickle.dumps(obj, protocol=2) for obj in (dataset._LEGACY_MAGIC, 1001, {}))
+LEGACY_HEAD = b"".join(pickle.dumps(obj, protocol=2) for obj in (legacy_pickle._LEGACY_MAGIC, 1001, {}))
 
 
 @pytest.mark.parametrize("scene_pickle, reason", [
@@ -721,7 +722,7 @@ def test_a_pickle_cannot_change_the_readers_stand_ins(tmp_path, main_scene, modu
     legacy file read by the unpickler gave the crafted file's frames or cameras."""
     frames, cameras = tiny_episode(4)
     later = write_legacy(tmp_path / "later.pt", main_scene, frames, cameras[None])
-    stand_in = dataset._ALLOWED_GLOBALS[(module, name)]
+    stand_in = legacy_pickle._ALLOWED_GLOBALS[(module, name)]
     before = getattr(stand_in, attribute, None)
     crafted = tmp_path / "crafted.pt"
     crafted.write_bytes(LEGACY_HEAD + slots_build(module, name, **{attribute: value}))

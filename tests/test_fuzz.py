@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import utils.data.episodes as dataset
+from utils.data import legacy_pickle
 from tests.test_convert import example, field, tfrecord_bytes
 from tests.test_dataset import tiny_episode
 from utils.data.convert import episode_arrays
@@ -264,7 +265,7 @@ def assert_reads_as_the_unpickler(tmp_path, path, data: bytes):
 
 def restricted_only(path):
     """What the restricted unpickler alone (the fast path switched off) makes of a file."""
-    with mock.patch.object(dataset, "_read_legacy_fast", lambda raw, path: None):
+    with mock.patch.object(legacy_pickle, "_read_legacy_fast", lambda raw, path: None):
         return read_episode(path)
 
 
