@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # GEN vs GQN: does each model use what its context views say about each maze, on hotels of 1x1 .. 5x5
-# unseen mazes? Generates procedural mazes from SEED (2000 training, 300 test), trains a GEN and a GQN
+# unseen mazes? Generates procedural mazes from SEED (300 training, 300 test), trains a GEN and a GQN
 # baseline side by side with the same flags, seed and budget (configs/memory_experiment.args, one CPU
 # thread each), then scores both with evaluate.py on 400 queries per grid size: the context gain with its
 # paired 95% interval is the answer (docs/evaluation.md).
 #
-#   OUT=results/memory SEED=0 STEPS=1800 bash bench/memory_experiment.sh
+#   OUT=results/memory SEED=0 STEPS=1500 bash bench/memory_experiment.sh
 #   DATA=DIR ... bash bench/memory_experiment.sh     # use DIR/train and DIR/test instead of generating
 #
 # Writes OUT/metrics.csv, OUT/metrics.md, OUT/metrics.png, OUT/curves.png and OUT/tour.gif (the GEN on a 3x3 hotel
@@ -15,13 +15,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/memory}
 SEED=${SEED:-0}
-STEPS=${STEPS:-1800}
+STEPS=${STEPS:-1500}
 QUERIES=${QUERIES:-400}
 DATA=${DATA:-$OUT/mazes}
 RUNS=$OUT/runs
 mkdir -p "$OUT"
 source bench/side_by_side.sh
-make_data
+make_data 300
 train_side_by_side train_scene_rendering.py configs/memory_experiment.args
 python3 evaluate.py --saved_model "$(latest GEN)" --saved_model "$(latest GQN)" --test_data_dir "$DATA/test" \
     --grids 1 2 3 4 5 --queries "$QUERIES" --seed "$SEED" --out "$OUT" >"$OUT/evaluate.log" 2>&1

@@ -28,7 +28,7 @@ DATA=${DATA:-$OUT/mazes}
 RUNS=$OUT/runs
 mkdir -p "$OUT"
 source bench/side_by_side.sh
-make_data
+make_data 2000
 train_side_by_side train_embed_classify.py configs/retrieval_experiment.args
 python3 evaluate_retrieval.py --saved_model "$(latest GEN)" --saved_model "$(latest GQN)" --test_data_dir "$DATA/test" \
     --grids 1 2 3 4 5 --queries "$QUERIES" --seed "$SEED" --out "$OUT" >"$OUT/evaluate.log" 2>&1

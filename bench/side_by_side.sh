@@ -1,10 +1,10 @@
 # Sourced by bench/memory_experiment.sh and bench/retrieval_experiment.sh: what both experiments do before
 # they score their models. Expects OUT, SEED, STEPS, DATA and RUNS to be set.
 
-# The procedural mazes of SEED (2000 training, 300 test) in DATA, unless DATA/train exists.
+# The procedural mazes of SEED ($1 training, 300 test) in DATA, unless DATA/train exists.
 make_data() {
     if [ ! -d "$DATA/train" ]; then
-        python3 -m utils.data.make_mazes --out "$DATA" --train 2000 --test 300 --seed "$SEED" --workers 2 \
+        python3 -m utils.data.make_mazes --out "$DATA" --train "$1" --test 300 --seed "$SEED" --workers 2 \
             --contact-sheet ''
     fi
 }
