@@ -17,15 +17,15 @@ from utils.training import loop
 
 SAMPLES = REPO_ROOT / "data_samples" / "train"
 # Run from the repository root as modules (``python -m bench.bench_step``), never as files: nothing edits sys.path.
-MODULES = ["bench_data", "bench_host", "bench_loader", "bench_ops", "bench_step", "profile_cli", "step_profile",
-           "step_times"]
+MODULES = ["bench_data", "bench_host", "bench_loader", "bench_ops", "bench_step", "profile_cli", "seed_table",
+           "step_profile", "step_times"]
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_each_benchmark_names_its_module_command_in_its_usage(name, capsys):
     module = importlib.import_module(f"bench.{name}")
     with pytest.raises(SystemExit) as exit_:
-        (module.main if name == "step_times" else module.parse_args)(["--help"])
+        (module.main if name in ("step_times", "seed_table") else module.parse_args)(["--help"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"usage: python -m bench.{name} ")
 
 
@@ -318,3 +318,42 @@ def test_maze_spread_shows_what_the_per_view_standardisation_adds(capsys):
     maze_spread.main([str(SAMPLES), "--mazes", "8", "--views", "16"])
     values = [float(line.rsplit("= ", 1)[1]) for line in capsys.readouterr().out.splitlines()]
     assert len(values) == 2 and values[0] < 0.5 < 0.9 < values[1], values
+
+
+def write_gains(folder, gains):
+    """metrics.csv with the columns bench.seed_table reads: {(model, grid): (gain, lo, hi)}."""
+    folder.mkdir()
+    lines = ["model,grid,psnr,context_gain_db,context_gain_lo,context_gain_hi"]
+    lines += [f"{model} (run/checkpoint-final.pt),{grid},13.0,{g},{lo},{hi}" for (model, grid), (g, lo, hi) in gains.items()]
+    lines.append("dataset mean,1,13.0,0,0,0")  # reference rows are not models
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_seed_table_checks_each_target_seed_by_seed(tmp_path, capsys):
+    from bench import seed_table
+    met = {("GEN", k): (1.2, 0.9, 1.5) for k in range(1, 6)}
+    met.update({("GQN", 1): (0.4, 0.3, 0.5), ("GQN", 3): (0.1, 0.0, 0.2), ("GQN", 4): (0.1, 0.0, 0.2),
+                ("GQN", 5): (0.2, 0.1, 0.3)})
+    missed = dict(met)
+    missed[("GEN", 1)] = (1.2, 0.4, 2.0)  # gain above 1 dB but its lower bound not above 0.5
+    missed[("GQN", 5)] = (0.3, 0.1, 0.95)  # more than half of 0.4, and above GEN's lower bound on 5x5
+    assert all(seed_table.targets(met).values())
+    assert list(seed_table.targets(missed).values()) == [False, True, False, False]
+    del met[("GEN", 4)]
+    assert list(seed_table.targets(met).values()) == [True, None, True, None]
+    seed_table.main([str(write_gains(tmp_path / "a", met)), str(write_gains(tmp_path / "b", missed)),
+                     "--label", "seed 0", "--label", "seed 1"])
+    out = capsys.readouterr().out
+    assert "| grid | GEN, seed 0 | GEN, seed 1 | GQN, seed 0 | GQN, seed 1 |" in out
+    assert "| 4x4 | - | +1.20 [+0.90, +1.50] | +0.10 [+0.00, +0.20] | +0.10 [+0.00, +0.20] |" in out
+    assert "| GEN >= 1.0 dB on 1x1 (lower bound > 0.5) | met | missed |" in out
+
+
+def test_seed_table_without_a_model_is_a_one_line_error(tmp_path, capsys):
+    from bench import seed_table
+    folder = write_gains(tmp_path / "gen_only", {("GEN", 1): (1.0, 0.8, 1.2)})
+    with pytest.raises(SystemExit) as exit_:
+        seed_table.main([str(folder)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.endswith("metrics.csv: no GQN rows") and "\n" not in err
