@@ -50,7 +50,8 @@ def targets(gains) -> dict:
             check(gen_large, lambda *g: all(x[0] >= 0.8 and x[1] > 0.5 for x in g)),
         "GQN's 5x5 gain <= half its 1x1 gain": check([get("GQN", 1), get("GQN", 5)], lambda a, b: b[0] <= a[0] / 2),
         "GEN's lower bound > GQN's upper bound on 3x3-5x5":
-            check(gen_large + gqn_large, lambda *g: all(g[i][1] > g[i + 3][2] for i in range(3))),
+            check(gen_large + gqn_large,
+                  lambda *g: all(gen[1] > gqn[2] for gen, gqn in zip(g[:len(LARGE)], g[len(LARGE):]))),
     }
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from bench import bench_data, bench_host, bench_loader, bench_step
+from bench import bench_data, bench_host, bench_loader, bench_step, seed_table
 from models.scene import ModelConfig, SceneModel
 from tests.conftest import REPO_ROOT
 from utils.training import loop
@@ -331,7 +331,6 @@ def write_gains(folder, gains):
 
 
 def test_seed_table_checks_each_target_seed_by_seed(tmp_path, capsys):
-    from bench import seed_table
     met = {("GEN", k): (1.2, 0.9, 1.5) for k in range(1, 6)}
     met.update({("GQN", 1): (0.4, 0.3, 0.5), ("GQN", 3): (0.1, 0.0, 0.2), ("GQN", 4): (0.1, 0.0, 0.2),
                 ("GQN", 5): (0.2, 0.1, 0.3)})
@@ -351,7 +350,6 @@ def test_seed_table_checks_each_target_seed_by_seed(tmp_path, capsys):
 
 
 def test_seed_table_without_a_model_is_a_one_line_error(tmp_path, capsys):
-    from bench import seed_table
     folder = write_gains(tmp_path / "gen_only", {("GEN", 1): (1.0, 0.8, 1.2)})
     with pytest.raises(SystemExit) as exit_:
         seed_table.main([str(folder)])
