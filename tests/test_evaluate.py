@@ -409,3 +409,20 @@ def test_the_script_exits_nonzero_with_one_line_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert "grid 7x7 is too big" in result.stderr
+
+
+def test_intervals_resample_whole_hotels(checkpoints, tmp_path, monkeypatch, capsys):
+    # The queries of a hotel share its memory: the bootstrap must draw hotels, not queries, whatever the
+    # number of hotels evaluated per forward pass.
+    seen = []
+    bootstrap_interval = metrics.bootstrap_interval
+
+    def spy(samples, statistic=None, clusters=None, **options):
+        seen.append(None if clusters is None else clusters.tolist())
+        return bootstrap_interval(samples, statistic, clusters, **options)
+
+    monkeypatch.setattr(metrics, "bootstrap_interval", spy)
+    evaluate.main(evaluate.parse_args(["--saved_model", str(checkpoints[0]), "--test_data_dir", str(SAMPLES),
+                                       "--grids", "2", "--queries", "6", "--batch_size", "1", "--out", str(tmp_path),
+                                       "--device", "cpu"]))
+    assert seen and all(clusters == [0, 0, 0, 0, 1, 1] for clusters in seen), seen

@@ -82,6 +82,13 @@ def test_accuracy_on_known_answers(load, monkeypatch, one_thread):  # noqa: F811
 
         current = [None]
         monkeypatch.setattr(who.model, "embed_queries", embed_queries)
+        seen = []
+
+        def spy(correct, clusters=None):  # records the clusters the interval resamples
+            seen.append(clusters.tolist())
+            return 0.0, 1.0
+
+        monkeypatch.setattr(retrieval, "bootstrap_interval", spy)
 
         def batches():
             for chunk in chunks:
@@ -92,6 +99,8 @@ def test_accuracy_on_known_answers(load, monkeypatch, one_thread):  # noqa: F811
         assert row["accuracy"] == expected, mode
         assert row["candidates"] == retrieval.POOL_MAZES * (VIEWS + 1) and row["queries"] == 8
         assert row["chance"] == pytest.approx(1 / row["candidates"])
+        # The interval resamples the two hotels, not the 8 queries: a hotel's queries share its memory.
+        assert seen == [[0, 0, 0, 0, 1, 1, 1, 1]], seen
 
 
 def test_bootstrap_interval_contains_the_accuracy():

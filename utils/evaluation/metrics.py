@@ -47,18 +47,17 @@ def psnr(mse: float) -> float:
     return -10 * math.log10(mse) if mse > 0 else math.inf
 
 
-# The bootstrap statistics, on resamples of per-query MSEs: the same formulas as the rows' own values, so
-# that an interval brackets the value it belongs to (a mean of per-query PSNRs would not).
-def psnr_statistic(mse: torch.Tensor) -> torch.Tensor:
-    """PSNR of the mean MSE of each resample: (B, Q) -> (B,)."""
-    return -10 * torch.log10(mse.mean(dim=1))
+# The bootstrap statistics, on the resampled mean MSEs: the same formulas as the rows' own values, so that an
+# interval brackets the value it belongs to (a mean of per-query PSNRs would not).
+def psnr_statistic(mean_mse: torch.Tensor) -> torch.Tensor:
+    """PSNR of each resample's mean MSE: (B,) -> (B,)."""
+    return -10 * torch.log10(mean_mse)
 
 
-def gain_statistic(paired: torch.Tensor) -> torch.Tensor:
-    """Context gain of each resample of paired (own-context, swapped-context) MSEs: (B, Q, 2) -> (B,)."""
-    own, swapped = paired.mean(dim=1).unbind(-1)
+def gain_statistic(mean_mse: torch.Tensor) -> torch.Tensor:
+    """Context gain of each resample's mean (own-context, swapped-context) MSEs: (B, 2) -> (B,)."""
+    own, swapped = mean_mse.unbind(-1)
     return 10 * torch.log10(swapped) - 10 * torch.log10(own)
-
 
 
 def image_row(generated: torch.Tensor, truth: torch.Tensor, prefix: str = "") -> dict:
@@ -73,11 +72,20 @@ def accumulate(total: dict, part: dict) -> None:
         total.setdefault(key, []).append(value.detach().double().cpu().reshape(-1))
 
 
+def around(value: float, interval) -> tuple:
+    """The interval, stretched to hold its own value: with a single hotel every resample is the whole row,
+    equal to the value only up to the rounding of a different summation order."""
+    low, high = interval
+    return min(low, value), max(high, value)
+
+
 def finish(total: dict, queries: int) -> dict:
     """A row from the per-query scores of its first ``queries`` queries: means, psnr of the mean mse (all
-    images have the same pixel count, so that is the mean over all pixels too), and bootstrap intervals."""
+    images have the same pixel count, so that is the mean over all pixels too), and bootstrap intervals that
+    resample whole hotels where ``total`` has each query's ``hotel`` (``utils.evaluation.bootstrap``)."""
     scores = {key: (torch.cat(value) if isinstance(value, list) else value.double().reshape(-1))[:queries]
               for key, value in total.items()}
+    hotels = scores.pop("hotel", None)
     row = {"queries": len(next(iter(scores.values())))}
     for prefix in ("", "rec_", "swap_"):
         if f"{prefix}mse" in scores:
@@ -85,12 +93,14 @@ def finish(total: dict, queries: int) -> dict:
             row.update({f"{prefix}mse": mse, f"{prefix}psnr": psnr(mse),
                         f"{prefix}ssim": scores[f"{prefix}ssim"].mean().item()})
     if "mse" in scores:
-        row["psnr_lo"], row["psnr_hi"] = bootstrap_interval(scores["mse"], psnr_statistic)
+        row["psnr_lo"], row["psnr_hi"] = around(row["psnr"], bootstrap_interval(scores["mse"], psnr_statistic,
+                                                                                   hotels))
     if "swap_mse" in scores:
         # Paired: a resample keeps each query's two scores together, so what the queries share cancels.
         row["context_gain_db"] = row["psnr"] - row["swap_psnr"]
-        row["context_gain_lo"], row["context_gain_hi"] = bootstrap_interval(
-            torch.stack([scores["mse"], scores["swap_mse"]], dim=1), gain_statistic)
+        paired = torch.stack([scores["mse"], scores["swap_mse"]], dim=1)
+        row["context_gain_lo"], row["context_gain_hi"] = around(
+            row["context_gain_db"], bootstrap_interval(paired, gain_statistic, hotels))
     for key in ("neg_elbo", "kl", "swap_same_hotel"):
         if key in scores:
             row[key] = scores[key].mean().item()

@@ -178,23 +178,27 @@ def classify_chunk(model: EmbedClassifier, chunk: Chunk, device) -> torch.Tensor
     return judge(scores, chunk.answers.to(device)).correct.cpu()
 
 
-def accuracy_row(correct: torch.Tensor, candidates: int) -> dict:
-    """A row's numbers from per-query 0/1 correctness: accuracy with its 95% percentile bootstrap interval."""
+def accuracy_row(correct: torch.Tensor, candidates: int, hotels=None) -> dict:
+    """A row's numbers from per-query 0/1 correctness: accuracy with its 95% percentile bootstrap interval,
+    resampling whole hotels where each query's ``hotels`` id is given (queries of a hotel share its memory)."""
     correct = correct.double()
-    low, high = bootstrap_interval(correct)
+    low, high = bootstrap_interval(correct, clusters=hotels)
     return {"queries": len(correct), "candidates": candidates, "chance": 1 / candidates,
             "accuracy": correct.mean().item(), "accuracy_lo": low, "accuracy_hi": high}
 
 
 def evaluate_model(retriever: Retriever, batches, queries: int, device, progress=None) -> dict:
     """One model on one grid size's chunks, over their first ``queries`` queries."""
-    correct, candidates = [], None
+    correct, hotels, candidates, seen = [], [], None, 0
     for chunk in batches:
         correct.append(classify_chunk(retriever.model, chunk, device))
+        n, mazes = chunk.batch.query_frames.shape[:2]
+        hotels.append(torch.arange(seen, seen + n).repeat_interleave(mazes))
+        seen += n
         candidates = chunk.pools.shape[1]
         if progress is not None:
             progress.update(1)
-    return accuracy_row(torch.cat(correct)[:queries], candidates)
+    return accuracy_row(torch.cat(correct)[:queries], candidates, torch.cat(hotels)[:queries])
 
 
 def check_pools(pool_mazes: int, n_episodes: int, directory) -> None:
@@ -246,7 +250,7 @@ def markdown(rows: Sequence[dict], args) -> str:
              f"Each query picks its own view out of a fixed pool: every view (query and context views) of "
              f"{args.pool_mazes} mazes, its own and {args.pool_mazes - 1} other test mazes drawn by seed {args.seed}; "
              "the same hotels, pools and pool order for every model. Accuracy with its 95% percentile bootstrap "
-             "interval over queries; chance = 1 / candidates.", "",
+             "interval over hotels (a hotel's queries share its memory); chance = 1 / candidates.", "",
              "| grid | " + " | ".join(labels) + " | candidates | chance | queries |",
              "|---:|" + "---:|" * len(labels) + "---:|---:|---:|"]
     for grid in grids:

@@ -183,6 +183,7 @@ class Chunk(NamedTuple):
     swapped: HotelBatch  # ``batch`` with every maze's context frames from its donor (``swap_contexts``)
     same_hotel: torch.Tensor  # (N * M,) bool: the donor is a maze of the query's own hotel
     noise_seed: int  # the prior samples of this chunk, the same with the real and the swapped frames
+    hotel: torch.Tensor  # (N * M,) each query's hotel, numbered within the grid size: the bootstrap's clusters
 
 
 
@@ -205,7 +206,8 @@ def evaluate_model(candidate: Candidate, chunks, queries: int, device, progress=
         torch.manual_seed(chunk.noise_seed)  # the same samples: only the context frames differ
         accumulate(total, image_row(model.generate(v, r_swapped), x, "swap_"))
         losses = model.elbo(x, v, r, candidate.sigma)  # the training loss, per image
-        accumulate(total, {"neg_elbo": losses.loss, "kl": losses.kl, "swap_same_hotel": chunk.same_hotel})
+        accumulate(total, {"neg_elbo": losses.loss, "kl": losses.kl, "swap_same_hotel": chunk.same_hotel,
+                           "hotel": chunk.hotel})
         accumulate(total, image_row(model.reconstruct(x, v, r), x, "rec_"))
         seconds += time.perf_counter() - started
         if progress is not None:
@@ -232,7 +234,7 @@ def evaluate_references(chunks, episode_means: torch.Tensor, queries: int, progr
             started = time.perf_counter()
             accumulate(totals[name], image_row(answer(chunk.batch), truth))
             accumulate(totals[name], image_row(answer(chunk.swapped), truth, "swap_"))
-            accumulate(totals[name], {"swap_same_hotel": chunk.same_hotel})
+            accumulate(totals[name], {"swap_same_hotel": chunk.same_hotel, "hotel": chunk.hotel})
             seconds[name] += time.perf_counter() - started
         if progress is not None:
             progress.update(1)
@@ -283,7 +285,8 @@ def run(args, load: EpisodeCache, candidates: Sequence[Candidate]) -> List[dict]
             swapped = swap_contexts(batch, build_hotels(donor, load.views(size), raw))
             # The chunk's first hotel keys its prior samples: every model draws the same ones for a chunk.
             noise_seed = random_key("noise", args.seed, grid, start)
-            yield Chunk(plan, batch, swapped, donors_in_hotel(plan, donor), noise_seed)
+            hotels = torch.arange(start, start + len(plans[part])).repeat_interleave(grid * grid)
+            yield Chunk(plan, batch, swapped, donors_in_hotel(plan, donor), noise_seed, hotels)
 
     n_chunks = sum(math.ceil(workload(args, grid)[0] / args.batch_size) for grid in args.grids)
     rows = []
