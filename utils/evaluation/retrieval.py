@@ -19,7 +19,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Sequence
+from typing import List, NamedTuple, Sequence
 
 import torch
 
@@ -29,7 +29,7 @@ from utils.evaluation.bootstrap import bootstrap_interval
 from utils.checkpoint import EMBED_CLASSIFY, CheckpointError, load_checkpoint, load_model_state, require_task
 from utils.data.episodes import to_unit
 from utils.data.hotel import EpisodeCache, HotelBatch, StepPlan, build_hotels, plan_step
-from utils.evaluation.trained_model import EvaluationError, check_grids, run_name
+from utils.evaluation.trained_model import EvaluationError, check_grids, run_name, unique_labels
 from utils.evaluation.scenes import PLANNED_CONTEXT_VIEWS
 
 POOL_MAZES = 4  # the query's own maze and 3 other test mazes
@@ -72,14 +72,6 @@ def load_retriever(path, device="cpu") -> Retriever:
     return Retriever(label=f"{kind} ({run_name(path)})", model=model.to(device).eval(), img_size=config.img_size,
                      context_views=context_views, raw_poses=bool(args.get("raw_poses", False)),
                      max_grid=config.max_grid, steps=checkpoint.get("epoch"))
-
-
-def unique_labels(retrievers: Sequence[Retriever]) -> None:
-    seen: Dict[str, int] = {}
-    for retriever in retrievers:
-        seen[retriever.label] = seen.get(retriever.label, 0) + 1
-        if seen[retriever.label] > 1:
-            retriever.label = f"{retriever.label} #{seen[retriever.label]}"
 
 
 # ---- inputs ----------------------------------------------------------------------------------------

@@ -10,14 +10,14 @@ import hashlib
 import math
 import sys
 import time
-from typing import Dict, List, NamedTuple, Sequence
+from typing import List, NamedTuple, Sequence
 
 import torch
 
 from utils.data import hotel
 from utils.data.episodes import decode_pixels, to_unit
 from utils.data.hotel import HotelBatch, StepPlan, build_hotels, plan_step
-from utils.evaluation.trained_model import Candidate, EvaluationError, check_grids, load_candidate
+from utils.evaluation.trained_model import Candidate, EvaluationError, check_grids, load_candidate, unique_labels
 from utils.evaluation.metrics import accumulate, finish, image_row
 
 YAW_WEIGHT = 0.5  # world units per radian in pose_distance: a 90 degree turn ~ 0.8 units ~ 3 maze squares
@@ -162,17 +162,6 @@ class EpisodeCache(hotel.EpisodeCache):
             picks = torch.linspace(0, n - 1, min(n, DATASET_MEAN_VIEWS)).round().long().unique()
             means.append(decode_pixels(episode, picks, img_size).double().mean(dim=0) / 255)
         return torch.stack(means)
-
-
-# ---- models: utils/evaluation/trained_model.py ----------------------------------------------------------
-
-
-def unique_labels(candidates: Sequence[Candidate]) -> None:
-    seen: Dict[str, int] = {}
-    for candidate in candidates:
-        seen[candidate.label] = seen.get(candidate.label, 0) + 1
-        if seen[candidate.label] > 1:
-            candidate.label = f"{candidate.label} #{seen[candidate.label]}"
 
 
 # ---- evaluation ------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 evaluate.py scores and make_gif.py animates."""
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from models.scene import SceneModel
 from utils.checkpoint import CheckpointError, model_from_checkpoint
@@ -66,3 +66,12 @@ def load_candidate(path, device, sigma=None) -> Candidate:
                      max_grid=model.config.max_grid,
                      sigma=float(sigma if sigma is not None else checkpoint.get("sigma", DEFAULT_SIGMA)),
                      steps=checkpoint.get("epoch"), train_grids=tuple(args.get("train_grids") or ()))
+
+
+def unique_labels(models: Sequence) -> None:
+    """Number repeated ``label``s in place (``GEN (x.pt)``, ``GEN (x.pt) #2``): every report column its own."""
+    seen: Dict[str, int] = {}
+    for model in models:
+        seen[model.label] = seen.get(model.label, 0) + 1
+        if seen[model.label] > 1:
+            model.label = f"{model.label} #{seen[model.label]}"
