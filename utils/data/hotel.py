@@ -124,6 +124,12 @@ class HotelBatch(NamedTuple):
         return (to_unit(move(self.context_frames)), move(self.context_poses), to_unit(move(self.query_frames)),
                 move(self.query_poses), move(self.origin), self.grid)
 
+    def query_hotels(self, first: int = 0) -> torch.Tensor:
+        """Each query's hotel (N * M,), in the order of ``query_frames.flatten(0, 1)``, this batch's hotels
+        numbered from ``first``: the clusters the evaluations' bootstrap resamples."""
+        hotels, mazes = self.query_frames.shape[:2]
+        return torch.arange(first, first + hotels).repeat_interleave(mazes)
+
 
 def view_indices(fractions: Sequence[float], n: int) -> list:
     """Distinct frame indices (of ``n``) for planned views (C contexts, then the query), drawn without

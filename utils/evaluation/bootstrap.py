@@ -49,9 +49,8 @@ def bootstrap_interval(samples, statistic: Optional[Callable[[torch.Tensor], tor
         if len(clusters) != len(samples):
             raise ValueError(f"{len(clusters)} cluster ids for {len(samples)} samples")
         ids, inverse = torch.unique(clusters, return_inverse=True)
-        n = len(ids)
-        sums = torch.zeros((n, *samples.shape[1:]), dtype=torch.float64).index_add_(0, inverse, samples)
-        sizes = torch.bincount(inverse, minlength=n).double()
+        sums = torch.zeros((len(ids), *samples.shape[1:]), dtype=torch.float64).index_add_(0, inverse, samples)
+        sizes = torch.bincount(inverse, minlength=len(ids)).double()
     n = len(sums)
     generator = torch.Generator().manual_seed(seed)
     block = max(1, BLOCK_ELEMENTS // sums.numel())

@@ -184,9 +184,8 @@ def evaluate_model(retriever: Retriever, batches, queries: int, device, progress
     correct, hotels, candidates, seen = [], [], None, 0
     for chunk in batches:
         correct.append(classify_chunk(retriever.model, chunk, device))
-        n, mazes = chunk.batch.query_frames.shape[:2]
-        hotels.append(torch.arange(seen, seen + n).repeat_interleave(mazes))
-        seen += n
+        hotels.append(chunk.batch.query_hotels(seen))
+        seen += len(chunk.batch.query_frames)
         candidates = chunk.pools.shape[1]
         if progress is not None:
             progress.update(1)

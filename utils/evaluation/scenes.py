@@ -274,8 +274,7 @@ def run(args, load: EpisodeCache, candidates: Sequence[Candidate]) -> List[dict]
             swapped = swap_contexts(batch, build_hotels(donor, load.views(size), raw))
             # The chunk's first hotel keys its prior samples: every model draws the same ones for a chunk.
             noise_seed = random_key("noise", args.seed, grid, start)
-            hotels = torch.arange(start, start + len(plans[part])).repeat_interleave(grid * grid)
-            yield Chunk(plan, batch, swapped, donors_in_hotel(plan, donor), noise_seed, hotels)
+            yield Chunk(plan, batch, swapped, donors_in_hotel(plan, donor), noise_seed, batch.query_hotels(start))
 
     n_chunks = sum(math.ceil(workload(args, grid)[0] / args.batch_size) for grid in args.grids)
     rows = []
