@@ -109,12 +109,15 @@ def test_tensorboard_has_the_classifier_s_tags(straight_run):
         per_grid = sorted(step for k in (1, 2) for step, _ in scalars.get(f"train/{name}_{k}x{k}", []))
         assert per_grid == steps, name
     for k in (1, 2):
-        for tag in (f"test/loss_{k}x{k}", f"test/accuracy_{k}x{k}", f"test/candidates_{k}x{k}"):
+        for tag in (f"test/loss_{k}x{k}", f"test/accuracy_{k}x{k}", f"test/candidates_{k}x{k}",
+                    f"test/score_spread_{k}x{k}"):
             assert [step for step, _ in scalars[tag]] == [0, 2, 4], tag
         assert images[f"images/test_{k}x{k}"] == [0, 2, 4]
         # Every view of the test batch (4 mazes, 2 context views and a query each) is a candidate.
         assert {value for _, value in scalars[f"test/candidates_{k}x{k}"]} == {4 * (2 + 1)}
     assert images["images/train"] == [2, 4]
+    spreads = [value for k in (1, 2) for _, value in scalars[f"test/score_spread_{k}x{k}"]]
+    assert all(0 < value < float("inf") for value in spreads), spreads
     assert all(0 <= value <= 1 for tag in scalars if "accuracy" in tag for _, value in scalars[tag])
     assert scalars["train/log_scale"][0][1] == 0, "exp(0): the scale starts at 1"
     assert not {tag for tag in scalars if "sigma" in tag or "kl" in tag or tag.startswith("diag/")}

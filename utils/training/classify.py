@@ -5,7 +5,9 @@ every view of its batch, trained on the cross-entropy of the true one. No noise,
 TensorBoard: ``train/accuracy``, ``train/accuracy_{k}x{k}`` (rank 0's batch, as ``train/loss_{k}x{k}``) and
 ``train/log_scale`` (s of the learned scale exp(s) of the scores) every step; at every evaluation
 ``test/loss_{k}x{k}``, ``test/accuracy_{k}x{k}``, ``test/candidates_{k}x{k}`` (the pool each query is
-classified among: every view of the test batch) and image grids, each query's true view above the candidate
+classified among: every view of the test batch), ``test/score_spread_{k}x{k}`` (the standard deviation of a
+query's scores over its candidates, mean over queries: far below 1 the softmax is near uniform and the
+classifier cannot tell its candidates apart, whatever it has learned) and image grids, each query's true view above the candidate
 picked for it, of the last training batch and of each test grid.
 """
 from torch import nn
@@ -74,6 +76,7 @@ class ClassifyTask(Task):
             writer.add_scalar(f"test/loss_{k}x{k}", out.loss.mean().item(), step)
             writer.add_scalar(f"test/accuracy_{k}x{k}", out.accuracy.mean().item(), step)
             writer.add_scalar(f"test/candidates_{k}x{k}", out.candidates, step)
+            writer.add_scalar(f"test/score_spread_{k}x{k}", out.scores.float().std(dim=1).mean().item(), step)
 
     def log_picks(self, trainer, writer, tag, inputs):
         """Classify a batch; log its first queries' true views above the candidates picked for them."""
