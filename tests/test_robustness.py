@@ -112,6 +112,19 @@ def test_auto_picks_the_newest_readable_checkpoint_and_keeps_the_last_n(scratch)
     assert directory.newest()[1]["epoch"] == 6 and directory.newest()[0] == directory.path(6)
 
 
+def test_a_run_continued_past_its_end_keeps_its_earlier_final_checkpoint(scratch):
+    directory = CheckpointDir(scratch / "models", keep=1)
+    directory.save({"epoch": 6, "model_state_dict": {"w": torch.ones(2)}}, final=True)
+    directory.save({"epoch": 8, "model_state_dict": {}})
+    directory.save({"epoch": 10, "model_state_dict": {"w": torch.zeros(2)}}, final=True)
+    kept = scratch / "models" / "checkpoint-final-6.pt"
+    assert load(kept)["epoch"] == 6 and torch.equal(load(kept)["model_state_dict"]["w"], torch.ones(2))
+    assert load(directory.final)["epoch"] == 10 and directory.newest()[0] == directory.final
+    directory.save({"epoch": 12, "model_state_dict": {}})  # neither pruned nor picked by auto
+    directory.save({"epoch": 10, "model_state_dict": {}}, final=True)  # the same end again: nothing to keep
+    assert kept.is_file() and not (scratch / "models" / "checkpoint-final-10.pt").exists()
+    assert directory.newest()[1]["epoch"] == 12
+
 
 def test_a_checkpoints_step_is_read_from_either_torch_format(scratch):
     # past() reads the final checkpoint's step memory-mapped; the original implementation's files

@@ -1,8 +1,11 @@
 """A run's ``models/`` directory: ``checkpoint-{step}.pt`` every few steps (the last N kept) plus
-``checkpoint-final.pt``, and finding the newest one that is readable (``--saved_model auto``).
+``checkpoint-final.pt`` (a run continued past its end keeps the earlier one as ``checkpoint-final-{step}.pt``),
+and finding the newest one that is readable (``--saved_model auto``).
 Writing and reading single files is ``utils/checkpoint.py``'s job.
 """
+import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -40,12 +43,32 @@ class CheckpointDir:
         """
         step = payload["epoch"]
         path = self.final if final else self.path(step)
+        if final:
+            self.keep_earlier_final(step)
         save_checkpoint(payload, path)
         numbered = self.numbered()
         older = [old for s, old in numbered if s < step]
         for old in older[:max(len(numbered) - self.keep, 0)]:
             old.unlink(missing_ok=True)
         return path
+
+    def keep_earlier_final(self, step: int) -> None:
+        """A run continued past its end would overwrite the final checkpoint of the end it had: keep that one
+        as ``checkpoint-final-{its step}.pt`` (a hard link where the file system allows, else a copy), a name that
+        neither pruning nor ``--saved_model auto`` touches."""
+        try:
+            earlier = checkpoint_step(self.final) if self.final.is_file() else None
+        except CheckpointError:
+            return  # unreadable: nothing to keep
+        if earlier is None or earlier >= step:
+            return
+        kept = self.directory / f"checkpoint-final-{earlier}.pt"
+        if kept.exists():
+            return
+        try:
+            os.link(self.final, kept)
+        except OSError:
+            shutil.copyfile(self.final, kept)
 
     def held(self) -> list:
         """Every checkpoint file here (numbered ones, then final)."""
