@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Is a CPU training run bitwise reproducible, and what changes its bits? Trains the memory experiment's GEN
-# (configs/memory_experiment.args) for STEPS steps five ways on DATA/train and prints the largest weight
-# difference of each against the first: the same command again, the same command in a second process at the same
-# time (as bench/memory_experiment.sh runs its two models), with 2 threads instead of 1, with oneDNN's convolution
+# (configs/memory_experiment.args) for STEPS steps on DATA/train seven times and prints the largest weight
+# difference of each later run from the first: the same command again, two copies side by side (as
+# bench/memory_experiment.sh runs its two models), with 2 threads instead of 1, with oneDNN's convolution
 # kernels held to AVX2 (what a CPU without AVX-512 runs), and with ATen's own kernels held to AVX2.
 #
 #   DATA=data_samples STEPS=40 bash bench/determinism.sh      # about 5 minutes on a 2-core CPU

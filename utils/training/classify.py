@@ -7,8 +7,8 @@ TensorBoard: ``train/accuracy``, ``train/accuracy_{k}x{k}`` (rank 0's batch, as 
 ``test/loss_{k}x{k}``, ``test/accuracy_{k}x{k}``, ``test/candidates_{k}x{k}`` (the pool each query is
 classified among: every view of the test batch), ``test/score_spread_{k}x{k}`` (the standard deviation of a
 query's scores over its candidates, mean over queries: far below 1 the softmax is near uniform and the
-classifier cannot tell its candidates apart, whatever it has learned) and image grids, each query's true view above the candidate
-picked for it, of the last training batch and of each test grid.
+classifier cannot tell its candidates apart) and image grids, each query's true view above the candidate picked
+for it, of the last training batch and of each test grid.
 """
 from torch import nn
 
