@@ -11,6 +11,7 @@ resume, SIGTERM / Ctrl-C (save and exit 0), recovery from non-finite steps and T
 say they hold an embed-and-classify model: train_scene_rendering.py and evaluate.py refuse them, and this
 script refuses a renderer's.
 """
+import argparse
 import sys
 
 from utils.training import cli, loop, schedules
@@ -23,6 +24,11 @@ LOG_DIRS = ("GEN-classify", "GQN-classify")
 def _model_flags(model):
     cli.add_baseline(model, "the GQN baseline's composer (summed representation) instead of GEN's")
     cli.add_memory_norm(model)
+    model.add_argument("--embedding_norm", action=argparse.BooleanOptionalAction, default=True,
+                       help="standardise each channel of the candidate embeddings over the pool (running "
+                            "statistics, no trained parameters); --no-embedding_norm: the original's raw embeddings, "
+                            "which start so close together that training stays at chance for thousands of steps "
+                            "(used for original checkpoints)")
 
 
 def build_parser():

@@ -33,9 +33,10 @@ def hotel_batch(grid, hotels=2, views=2, size=TINY_SIZE, seed=0):
     return context_frames, poses(views), query_frames, poses(1), origin, grid
 
 
-def tiny_model(baseline, size=TINY_SIZE):
+def tiny_model(baseline, size=TINY_SIZE, embedding_norm=True):
     torch.manual_seed(0)
-    return EmbedClassifier(EmbedClassifierConfig(img_size=size, baseline=baseline, max_grid=2))
+    return EmbedClassifier(EmbedClassifierConfig(img_size=size, baseline=baseline, max_grid=2,
+                                                 embedding_norm=embedding_norm))
 
 
 @pytest.mark.parametrize("size, feature_map", [(16, 8), (32, 8), (64, 16)])
@@ -117,7 +118,7 @@ def test_each_query_s_true_candidate_is_its_own_view():
 
 @pytest.mark.parametrize("baseline", [False, True])
 def test_accuracy_counts_the_queries_whose_own_view_scores_highest(baseline, monkeypatch):
-    model = tiny_model(baseline)
+    model = tiny_model(baseline, embedding_norm=False)  # the embeddings below are the compared ones
     context_frames, context_poses, _, query_poses, origin, grid = hotel_batch(grid=1, hotels=3, views=2)
     context_frames, query_frames = constant_views(3, 2, 1, size=TINY_SIZE)
     names = lambda images: images[:, 0, 0, 0]  # noqa: E731
@@ -184,3 +185,49 @@ def test_invalid_image_size_is_refused():
 def test_the_model_does_not_depend_on_the_training_utilities():
     source = (Path(__file__).resolve().parents[1] / "models" / "embed_classify.py").read_text()
     assert "from utils" not in source and "import utils" not in source
+
+
+def mean_squared_distance(embeddings):
+    """Mean squared distance between the distinct pairs of a pool of embeddings (K, D)."""
+    k = embeddings.shape[0]
+    return (torch.cdist(embeddings, embeddings) ** 2).sum() / (k * (k - 1))
+
+
+def test_standardised_candidates_keep_apart_however_small_the_encoder_s_output():
+    """The collapse of the original (every candidate embedding pulled to one point) cannot happen: every channel
+    standardised over its pool, candidates lie 2 K / (K - 1) apart on average (squared; times the share of
+    channels that vary) whatever the encoder's scale, while the original's distances shrink with it. A pool per
+    query is standardised on its own."""
+    images = torch.rand(36, 3, TINY_SIZE, TINY_SIZE, generator=torch.Generator().manual_seed(0))
+    queries = torch.zeros(2, COMPARISON)
+    for embedding_norm in (True, False):
+        torch.manual_seed(0)
+        model = EmbedClassifier(EmbedClassifierConfig(img_size=TINY_SIZE, embedding_norm=embedding_norm))
+        spread = []
+        for shrink in (1.0, 1e-3):
+            with torch.no_grad():
+                model.candidates_encoder.conv8.weight.mul_(shrink)
+                model.candidates_encoder.conv8.bias.mul_(shrink)
+                embedded = model.embed_candidates(images)
+                shared = model.compare(queries, embedded)  # (2, 36)
+                per_query = model.compare(queries, embedded.view(2, 18, -1))  # a pool of 18 each
+            varying = (embedded.var(0) > 0).float().mean().item()
+            # A query at the pool's centre scores each candidate -|c|^2: the mean over pairs of distances is
+            # twice the mean squared norm, times K / (K - 1).
+            spread.append(2 * 36 / 35 * -shared[0].mean().item())
+            if embedding_norm:
+                assert 0.5 < varying < 1  # the final ReLU leaves some channels 0 for every view
+                # (less a little for channels that vary by less than RELATIVE_EPS of the mean, shrunk to ~0)
+                assert spread[-1] == pytest.approx(2 * 36 / 35 * varying, rel=2e-2)
+                halves = [(embedded[:18].var(0) > 0).float().mean().item(), (embedded[18:].var(0) > 0).float().mean().item()]
+                assert per_query.mean(dim=1).tolist() == pytest.approx([-v for v in halves], rel=2e-2)
+        if embedding_norm:
+            assert spread[0] == pytest.approx(spread[1], rel=1e-4)
+        else:
+            assert spread[0] < 1 and spread[1] < 1e-5 * spread[0]
+
+
+def test_embedding_norm_adds_no_tensor_to_the_original_s():
+    original = EmbedClassifier(EmbedClassifierConfig(img_size=64, embedding_norm=False)).state_dict()
+    standardised = EmbedClassifier(EmbedClassifierConfig(img_size=64)).state_dict()
+    assert {name: t.shape for name, t in original.items()} == {name: t.shape for name, t in standardised.items()}

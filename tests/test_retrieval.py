@@ -17,9 +17,9 @@ TEST = REPO_ROOT / "data_samples" / "test"
 VIEWS = 2  # context views per maze
 
 
-def retriever(baseline=False, views=VIEWS):
+def retriever(baseline=False, views=VIEWS, embedding_norm=True):
     torch.manual_seed(0)
-    model = EmbedClassifier(EmbedClassifierConfig(img_size=16, baseline=baseline)).eval()
+    model = EmbedClassifier(EmbedClassifierConfig(img_size=16, baseline=baseline, embedding_norm=embedding_norm)).eval()
     return retrieval.Retriever("GQN" if baseline else "GEN", model, 16, views, False, 5)
 
 
@@ -65,7 +65,7 @@ def test_inputs_do_not_depend_on_the_model_or_the_batching(load):
 def test_accuracy_on_known_answers(load, monkeypatch, one_thread):  # noqa: F811
     """Query embeddings patched to equal their own view's (accuracy 1), or a wrong candidate's (accuracy 0), or
     every second one right (accuracy 1/2)."""
-    who = retriever()
+    who = retriever(embedding_norm=False)  # the patched embeddings are the compared ones
     _, _, chunks = grid_chunks(load, 2, 8, who)
     encode = lambda images: images.flatten(1)  # noqa: E731 - an image is its own embedding
     monkeypatch.setattr(who.model, "embed_candidates", encode)
@@ -111,10 +111,11 @@ def test_bootstrap_interval_contains_the_accuracy():
     assert 0 <= row["accuracy_lo"] < row["accuracy_hi"] <= 1
 
 
-def write_checkpoint(path, baseline=False, task=EMBED_CLASSIFY):
+def write_checkpoint(path, baseline=False, task=EMBED_CLASSIFY, **flags):
     torch.manual_seed(0)
     model = EmbedClassifier(EmbedClassifierConfig(img_size=16, baseline=baseline))
-    args = {"img_size": 16, "baseline": baseline, "memory_norm": True, "context_views": VIEWS, "raw_poses": False}
+    args = {"img_size": 16, "baseline": baseline, "memory_norm": True, "embedding_norm": True, "context_views": VIEWS,
+            "raw_poses": False, **flags}
     save_checkpoint({"epoch": 2, "task": task, "model_state_dict": model.state_dict(), "args": args}, path)
     return path
 
@@ -123,6 +124,15 @@ def write_checkpoint(path, baseline=False, task=EMBED_CLASSIFY):
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("retrieval")
     return (write_checkpoint(root / "gen.pt"), write_checkpoint(root / "gqn.pt", baseline=True))
+
+
+def test_a_checkpoint_keeps_the_comparison_it_was_trained_with(tmp_path):
+    assert retrieval.load_retriever(write_checkpoint(tmp_path / "new.pt")).model.config.embedding_norm
+    older = write_checkpoint(tmp_path / "older.pt", embedding_norm=None)  # saved before --embedding_norm
+    checkpoint = torch.load(older, weights_only=True)
+    del checkpoint["args"]["embedding_norm"]
+    torch.save(checkpoint, older)
+    assert not retrieval.load_retriever(older).model.config.embedding_norm, "it compares raw embeddings, as it was trained to"
 
 
 def test_cli_writes_the_csv_with_its_columns(checkpoints, tmp_path, one_thread):  # noqa: F811

@@ -116,6 +116,7 @@ def load_checkpoint(path) -> dict:
         raise CheckpointError(f"{path} is not a checkpoint: its args are not a dict")
     if "args" in payload:  # this project's checkpoint; the original implementation's have no args
         payload["args"].setdefault("memory_norm", False)  # runs saved before --memory_norm trained the original
+        payload["args"].setdefault("embedding_norm", False)  # and classifiers before --embedding_norm its embeddings
         version = payload.get("format", 1)
         if version < 2:
             _reorder_r(payload)

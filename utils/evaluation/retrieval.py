@@ -62,7 +62,8 @@ def load_retriever(path, device="cpu") -> Retriever:
                               f"context views are unknown")
     try:
         config = EmbedClassifierConfig(img_size=int(args.get("img_size", 64)), baseline=bool(args.get("baseline")),
-                                       memory_norm=args.get("memory_norm"))
+                                       memory_norm=args.get("memory_norm"),
+                                       embedding_norm=bool(args.get("embedding_norm", False)))
         context_views = int(args.get("context_views", 8))
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: its saved args do not describe a model ({error})") from None

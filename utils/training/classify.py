@@ -35,8 +35,9 @@ class Outcome(nn.Module):
 class ClassifyTask(Task):
     name = EMBED_CLASSIFY
     prog = "train_embed_classify.py"
-    run_flags = ("baseline", "img_size", "memory_norm", "raw_poses", "batch_size", "context_views", "train_grids",
-                 "seed", *LR_FLAGS)
+    run_flags = ("baseline", "img_size", "memory_norm", "embedding_norm", "raw_poses", "batch_size", "context_views",
+                 "train_grids", "seed", *LR_FLAGS)
+    original_off = ("memory_norm", "embedding_norm")
     metric_names = ("accuracy", "own_accuracy", "log_scale")
 
     def describe(self) -> str:
@@ -45,7 +46,7 @@ class ClassifyTask(Task):
     def build_model(self):
         a = self.args
         return EmbedClassifier(EmbedClassifierConfig(img_size=a.img_size, baseline=a.baseline,
-                                                     memory_norm=a.memory_norm))
+                                                     memory_norm=a.memory_norm, embedding_norm=a.embedding_norm))
 
     def trainable(self, model):
         return Outcome(model)

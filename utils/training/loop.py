@@ -275,10 +275,12 @@ class Trainer:
                                 f"another --log_dir")
         if changed:
             say_(f"warning: training on from {path} with flags its run did not use: {', '.join(changed.values())}")
-        if "args" not in checkpoint and getattr(args, "memory_norm", False):  # the original implementation's own
-            say_(f"warning: {path} is an original-implementation checkpoint: training on with its composer "
-                 f"(--no-memory_norm)")
-            args.memory_norm = False
+        switched = [name for name in task.original_off if getattr(args, name, False)]
+        if "args" not in checkpoint and switched:  # the original implementation's own
+            say_(f"warning: {path} is an original-implementation checkpoint: training on as the original did "
+                 f"({' '.join('--no-' + name for name in switched)})")
+            for name in switched:
+                setattr(args, name, False)
             self.build()
         load_model_state(self.model, checkpoint["model_state_dict"], path)
         self.step = int(checkpoint.get("epoch", 0))

@@ -22,6 +22,8 @@ class Task:
     # ``shape_flags`` shape the weights: no run may change them.
     shape_flags: Tuple[str, ...] = ("baseline", "img_size")
     run_flags: Tuple[str, ...] = ()
+    # Switches the original implementation did not have: an original checkpoint trains on with them off.
+    original_off: Tuple[str, ...] = ("memory_norm",)
     lr_flags: Tuple[str, ...] = LR_FLAGS
     metric_names: Tuple[str, ...] = ()  # the keys of ``step_metrics``, in order
 
