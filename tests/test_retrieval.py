@@ -78,9 +78,10 @@ def test_accuracy_on_known_answers(load, monkeypatch, one_thread):  # noqa: F811
                 picks = wrong
             elif mode == "half":
                 picks[1::2] = wrong[1::2]
+            own_maze.append(chunk.own_maze[torch.arange(len(picks)), picks])
             return encode(to_unit(chunk.pools[torch.arange(len(picks)), picks]))
 
-        current = [None]
+        current, own_maze = [None], []
         monkeypatch.setattr(who.model, "embed_queries", embed_queries)
         seen = []
 
@@ -100,7 +101,12 @@ def test_accuracy_on_known_answers(load, monkeypatch, one_thread):  # noqa: F811
         assert row["candidates"] == retrieval.POOL_MAZES * (VIEWS + 1) and row["queries"] == 8
         assert row["chance"] == pytest.approx(1 / row["candidates"])
         # The interval resamples the two hotels, not the 8 queries: a hotel's queries share its memory.
-        assert seen == [[0, 0, 0, 0, 1, 1, 1, 1]], seen
+        assert seen == [[0, 0, 0, 0, 1, 1, 1, 1]] * 2, seen  # accuracy, then maze accuracy
+        # Maze accuracy: the pick is one of the 1 + VIEWS views of the query's own maze (the true view among them).
+        assert row["maze_accuracy"] == torch.cat(own_maze).double().mean().item(), mode
+        assert row["maze_chance"] == 1 / retrieval.POOL_MAZES
+        if mode == "right":
+            assert row["maze_accuracy"] == 1.0
 
 
 def test_bootstrap_interval_contains_the_accuracy():
@@ -188,3 +194,16 @@ def test_parse_defaults():
     args = evaluate_retrieval.parse_args(["--saved_model", "x", "--test_data_dir", "d", "--out", "o"])
     assert args.queries >= 400 and args.pool_mazes == retrieval.POOL_MAZES and args.grids == [1, 2, 3, 4, 5]
     assert args.seed == 0 and args.batch_queries == retrieval.BATCH_QUERIES
+
+
+def test_own_maze_marks_the_query_s_view_and_its_context_views(load):
+    who = retriever()
+    for grid in (1, 2):
+        for chunk in grid_chunks(load, grid, 4, who)[2]:
+            assert chunk.own_maze.shape == chunk.pools.shape[:2]
+            assert (chunk.own_maze.sum(1) == VIEWS + 1).all()
+            assert chunk.own_maze[torch.arange(len(chunk.answers)), chunk.answers].all()
+            context = chunk.batch.context_frames.unflatten(1, (grid * grid, VIEWS)).flatten(0, 1)  # (N M, V, ...)
+            for i, pool in enumerate(chunk.pools):
+                views = (pool[:, None] == context[i][None]).flatten(2).all(2).any(1)  # a context view of its maze
+                assert torch.equal(chunk.own_maze[i] & ~views, torch.nn.functional.one_hot(chunk.answers[i], len(pool)).bool())

@@ -19,7 +19,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, NamedTuple, Sequence
+from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
 
@@ -36,7 +36,8 @@ POOL_MAZES = 4  # the query's own maze and 3 other test mazes
 
 DEFAULT_QUERIES = 400  # per grid size: a 95% interval of an accuracy near 0.5 spans about +-0.05
 BATCH_QUERIES = 32  # queries per forward pass (whole hotels; at least one hotel)
-COLUMNS = ("model", "grid", "queries", "candidates", "chance", "accuracy", "accuracy_lo", "accuracy_hi")
+COLUMNS = ("model", "grid", "queries", "candidates", "chance", "accuracy", "accuracy_lo", "accuracy_hi",
+           "maze_chance", "maze_accuracy", "maze_accuracy_lo", "maze_accuracy_hi")
 
 
 # ---- models ----------------------------------------------------------------------------------------
@@ -124,6 +125,7 @@ class Chunk(NamedTuple):
     batch: HotelBatch  # the hotels, as the model sees them
     pools: torch.Tensor  # (N M, P, 3, S, S) uint8, each query's candidates
     answers: torch.Tensor  # (N M,) the position of each query's own view in its pool
+    own_maze: torch.Tensor  # (N M, P) bool, True at the views of the query's own maze (its own view included)
 
 
 def build_pools(batch: HotelBatch, first_hotel: int, pool_plans: Sequence[PoolPlan], views, context_views: int,
@@ -133,7 +135,7 @@ def build_pools(batch: HotelBatch, first_hotel: int, pool_plans: Sequence[PoolPl
     ``first_hotel``: the index of the batch's first hotel in its grid size."""
     hotels, mazes = batch.query_frames.shape[:2]
     context = batch.context_frames.unflatten(1, (mazes, context_views))  # (N, M, C, 3, S, S)
-    pools, answers = [], []
+    pools, answers, own_maze = [], [], []
     for h in range(hotels):
         plan = pool_plans[h]
         for m in range(mazes):
@@ -144,7 +146,8 @@ def build_pools(batch: HotelBatch, first_hotel: int, pool_plans: Sequence[PoolPl
             order = pool_order(seed, batch.grid, first_hotel + h, m, len(pool))
             pools.append(pool[order])
             answers.append(int((order == 0).nonzero()))
-    return Chunk(batch, torch.stack(pools), torch.tensor(answers))
+            own_maze.append(order <= context_views)  # the true view and the maze's context views come first
+    return Chunk(batch, torch.stack(pools), torch.tensor(answers), torch.stack(own_maze))
 
 
 def chunks(load: EpisodeCache, seed: int, grid: int, plans: Sequence[StepPlan], pool_plans: Sequence[PoolPlan],
@@ -163,34 +166,49 @@ def chunks(load: EpisodeCache, seed: int, grid: int, plans: Sequence[StepPlan], 
 
 # ---- scoring ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def classify_chunk(model: EmbedClassifier, chunk: Chunk, device) -> torch.Tensor:
-    """Per query (N M,), 1.0 where the model's top-scoring candidate is its own view."""
+def classify_chunk(model: EmbedClassifier, chunk: Chunk, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per query (N M,): 1.0 where the model's top-scoring candidate is its own view, and 1.0 where it is a view
+    of its own maze."""
     context_frames, context_poses, _, query_poses, origin, grid = chunk.batch.model_inputs(device)
     scores = model.score_pool(context_frames, context_poses, query_poses, origin, grid,
                               to_unit(chunk.pools.to(device)))
-    return judge(scores, chunk.answers.to(device)).correct.cpu()
+    verdict = judge(scores, chunk.answers.to(device))
+    picked = verdict.picked.cpu()
+    return verdict.correct.cpu(), chunk.own_maze[torch.arange(len(picked)), picked].float()
 
 
-def accuracy_row(correct: torch.Tensor, candidates: int, hotels=None) -> dict:
+def accuracy_row(correct: torch.Tensor, candidates: int, hotels=None, same_maze=None, pool_mazes=None) -> dict:
     """A row's numbers from per-query 0/1 correctness: accuracy with its 95% percentile bootstrap interval,
-    resampling whole hotels where each query's ``hotels`` id is given (queries of a hotel share its memory)."""
+    resampling whole hotels where each query's ``hotels`` id is given (queries of a hotel share its memory);
+    with ``same_maze`` (0/1 per query: the pick is a view of the query's own maze, one of ``pool_mazes``) the
+    maze accuracy too."""
     correct = correct.double()
     low, high = bootstrap_interval(correct, clusters=hotels)
-    return {"queries": len(correct), "candidates": candidates, "chance": 1 / candidates,
-            "accuracy": correct.mean().item(), "accuracy_lo": low, "accuracy_hi": high}
+    row = {"queries": len(correct), "candidates": candidates, "chance": 1 / candidates,
+           "accuracy": correct.mean().item(), "accuracy_lo": low, "accuracy_hi": high}
+    if same_maze is not None:
+        same_maze = same_maze.double()
+        low, high = bootstrap_interval(same_maze, clusters=hotels)
+        row.update(maze_chance=1 / pool_mazes, maze_accuracy=same_maze.mean().item(), maze_accuracy_lo=low,
+                   maze_accuracy_hi=high)
+    return row
 
 
 def evaluate_model(retriever: Retriever, batches, queries: int, device, progress=None) -> dict:
     """One model on one grid size's chunks, over their first ``queries`` queries."""
-    correct, hotels, candidates, seen = [], [], None, 0
+    correct, same_maze, hotels, candidates, seen = [], [], [], None, 0
     for chunk in batches:
-        correct.append(classify_chunk(retriever.model, chunk, device))
+        right, own = classify_chunk(retriever.model, chunk, device)
+        correct.append(right)
+        same_maze.append(own)
         hotels.append(chunk.batch.query_hotels(seen))
         seen += len(chunk.batch.query_frames)
         candidates = chunk.pools.shape[1]
         if progress is not None:
             progress.update(1)
-    return accuracy_row(torch.cat(correct)[:queries], candidates, torch.cat(hotels)[:queries])
+    pool_mazes = candidates // (retriever.context_views + 1)
+    return accuracy_row(torch.cat(correct)[:queries], candidates, torch.cat(hotels)[:queries],
+                        torch.cat(same_maze)[:queries], pool_mazes)
 
 
 def check_pools(pool_mazes: int, n_episodes: int, directory) -> None:
@@ -255,6 +273,13 @@ def markdown(rows: Sequence[dict], args) -> str:
         chance = " / ".join(f"{1 / p:.3f}" for p in pools)
         lines.append(f"| {grid}x{grid} | " + " | ".join(cells) + f" | {' / '.join(map(str, pools))} | {chance} | "
                      f"{first['queries']} |")
+    lines += ["", f"Maze accuracy: the picked candidate is a view of the query's own maze (chance 1 / {args.pool_mazes}): "
+              "what the model's memory keeps of which maze is which, without the view's pose.", "",
+              "| grid | " + " | ".join(labels) + " | chance |", "|---:|" + "---:|" * len(labels) + "---:|"]
+    for grid in grids:
+        cells = [f"{row['maze_accuracy']:.3f} [{row['maze_accuracy_lo']:.3f}, {row['maze_accuracy_hi']:.3f}]"
+                 if (row := by_key.get((label, grid))) else "" for label in labels]
+        lines.append(f"| {grid}x{grid} | " + " | ".join(cells) + f" | {1 / args.pool_mazes:.3f} |")
     return "\n".join(lines) + "\n"
 
 
