@@ -15,7 +15,8 @@
 # candidates) 6.5 minutes; with the mazes' generation, about 85-90 minutes in all. Constant lr 5e-4 (the paper
 # anneals over 1.6M steps, far beyond this budget). STEPS scales the training linearly; QUERIES the evaluation.
 #
-# Writes OUT/retrieval.csv (model, grid, queries, candidates, chance, accuracy, accuracy_lo, accuracy_hi),
+# Writes OUT/retrieval.csv (model, grid, queries, candidates, chance, accuracy, accuracy_lo, accuracy_hi, and the maze
+# accuracy: maze_chance, maze_accuracy, maze_accuracy_lo, maze_accuracy_hi),
 # OUT/retrieval.md and OUT/retrieval.png. Re-running resumes both trainings (--saved_model auto); a run
 # stopped early (SIGTERM) is evaluated at its last checkpoint.
 set -euo pipefail
