@@ -27,7 +27,7 @@ def _model_flags(model):
     model.add_argument("--embedding_norm", action=argparse.BooleanOptionalAction, default=False,
                        help="standardise each channel of the candidate embeddings over their pool (the pool's own "
                             "statistics, no trained parameters), so that they cannot collapse to one point; off: the "
-                            "original's comparison, which ended more accurate over 3000 CPU steps (docs/training.md)")
+                            "original's comparison, as accurate or more over 3000 CPU steps (docs/training.md)")
 
 
 def build_parser():

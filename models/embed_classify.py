@@ -14,8 +14,8 @@ answers a collapse of the original's comparison: while nothing yet predicts the 
 lower the loss is to pull every candidate embedding together (equal scores cost ln K, distinct random ones
 more); measured on a CPU run, squared distances between candidates fall from ~3e-3 at initialisation to ~8e-5,
 with most channels dead behind the final ReLU. Standardised candidates cannot collapse, and a GEN leaves chance
-sooner with them, but over 3000 CPU steps it ended less accurate than with the original's comparison
-(docs/training.md), so the original's stays the default.
+sooner with them, but over 3000 CPU steps it ended no more accurate than with the original's comparison (one
+seed lower, one level; docs/training.md), so the original's stays the default.
 """
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
