@@ -289,21 +289,24 @@ def plot(rows: Sequence[dict], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for label in dict.fromkeys(row["model"] for row in rows):
-        series = sorted((row for row in rows if row["model"] == label), key=lambda row: row["grid"])
-        grids = [row["grid"] for row in series]
-        line, = axis.plot(grids, [row["accuracy"] for row in series], "-o", label=label)
-        axis.fill_between(grids, [row["accuracy_lo"] for row in series], [row["accuracy_hi"] for row in series],
-                          color=line.get_color(), alpha=0.15)
-    chance = sorted({(row["grid"], row["chance"]) for row in rows})
-    axis.plot([g for g, _ in chance], [c for _, c in chance], "k--", lw=0.8, label="chance")
-    axis.set_xlabel("hotel size k (k x k mazes)")
-    axis.set_ylabel("top-1 retrieval accuracy")
-    axis.set_xticks(sorted({row["grid"] for row in rows}))
-    axis.set_ylim(0, 1)
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    panels = (("accuracy", "chance", "top-1 retrieval accuracy"),
+              ("maze_accuracy", "maze_chance", "pick is a view of the query's own maze"))
+    for axis, (key, chance_key, title) in zip(axes, panels):
+        for label in dict.fromkeys(row["model"] for row in rows):
+            series = sorted((row for row in rows if row["model"] == label), key=lambda row: row["grid"])
+            grids = [row["grid"] for row in series]
+            line, = axis.plot(grids, [row[key] for row in series], "-o", label=label)
+            axis.fill_between(grids, [row[f"{key}_lo"] for row in series], [row[f"{key}_hi"] for row in series],
+                              color=line.get_color(), alpha=0.15)
+        chance = sorted({(row["grid"], row[chance_key]) for row in rows})
+        axis.plot([g for g, _ in chance], [c for _, c in chance], "k--", lw=0.8, label="chance")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("hotel size k (k x k mazes)")
+        axis.set_xticks(sorted({row["grid"] for row in rows}))
+        axis.set_ylim(0, 1)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120, format="png")
     plt.close(figure)
