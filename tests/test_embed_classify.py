@@ -187,12 +187,6 @@ def test_the_model_does_not_depend_on_the_training_utilities():
     assert "from utils" not in source and "import utils" not in source
 
 
-def mean_squared_distance(embeddings):
-    """Mean squared distance between the distinct pairs of a pool of embeddings (K, D)."""
-    k = embeddings.shape[0]
-    return (torch.cdist(embeddings, embeddings) ** 2).sum() / (k * (k - 1))
-
-
 def test_standardised_candidates_keep_apart_however_small_the_encoder_s_output():
     """The collapse of the original (every candidate embedding pulled to one point) cannot happen: every channel
     standardised over its pool, candidates lie 2 K / (K - 1) apart on average (squared; times the share of
@@ -219,7 +213,7 @@ def test_standardised_candidates_keep_apart_however_small_the_encoder_s_output()
                 assert 0.5 < varying < 1  # the final ReLU leaves some channels 0 for every view
                 # (less a little for channels that vary by less than RELATIVE_EPS of the mean, shrunk to ~0)
                 assert spread[-1] == pytest.approx(2 * 36 / 35 * varying, rel=2e-2)
-                halves = [(embedded[:18].var(0) > 0).float().mean().item(), (embedded[18:].var(0) > 0).float().mean().item()]
+                halves = [(half.var(0) > 0).float().mean().item() for half in embedded.view(2, 18, -1)]
                 assert per_query.mean(dim=1).tolist() == pytest.approx([-v for v in halves], rel=2e-2)
         if embedding_norm:
             assert spread[0] == pytest.approx(spread[1], rel=1e-4)

@@ -134,7 +134,7 @@ def checkpoints(tmp_path_factory):
 
 def test_a_checkpoint_keeps_the_comparison_it_was_trained_with(tmp_path):
     assert retrieval.load_retriever(write_checkpoint(tmp_path / "new.pt")).model.config.embedding_norm
-    older = write_checkpoint(tmp_path / "older.pt", embedding_norm=None)  # saved before --embedding_norm
+    older = write_checkpoint(tmp_path / "older.pt")  # as saved before --embedding_norm: without the flag
     checkpoint = torch.load(older, weights_only=True)
     del checkpoint["args"]["embedding_norm"]
     torch.save(checkpoint, older)

@@ -177,21 +177,19 @@ def classify_chunk(model: EmbedClassifier, chunk: Chunk, device) -> Tuple[torch.
     return verdict.correct.cpu(), chunk.own_maze[torch.arange(len(picked)), picked].float()
 
 
-def accuracy_row(correct: torch.Tensor, candidates: int, hotels=None, same_maze=None, pool_mazes=None) -> dict:
-    """A row's numbers from per-query 0/1 correctness: accuracy with its 95% percentile bootstrap interval,
-    resampling whole hotels where each query's ``hotels`` id is given (queries of a hotel share its memory);
-    with ``same_maze`` (0/1 per query: the pick is a view of the query's own maze, one of ``pool_mazes``) the
-    maze accuracy too."""
-    correct = correct.double()
-    low, high = bootstrap_interval(correct, clusters=hotels)
-    row = {"queries": len(correct), "candidates": candidates, "chance": 1 / candidates,
-           "accuracy": correct.mean().item(), "accuracy_lo": low, "accuracy_hi": high}
-    if same_maze is not None:
-        same_maze = same_maze.double()
-        low, high = bootstrap_interval(same_maze, clusters=hotels)
-        row.update(maze_chance=1 / pool_mazes, maze_accuracy=same_maze.mean().item(), maze_accuracy_lo=low,
-                   maze_accuracy_hi=high)
-    return row
+def rate(name: str, hits: torch.Tensor, hotels=None) -> dict:
+    """``name``, ``name_lo``, ``name_hi``: the mean of per-query 0/1 ``hits`` with its 95% percentile bootstrap
+    interval, resampling whole hotels where each query's ``hotels`` id is given (queries of a hotel share its
+    memory)."""
+    hits = hits.double()
+    low, high = bootstrap_interval(hits, clusters=hotels)
+    return {name: hits.mean().item(), f"{name}_lo": low, f"{name}_hi": high}
+
+
+def accuracy_row(correct: torch.Tensor, candidates: int, hotels=None) -> dict:
+    """A row's numbers from per-query 0/1 correctness: the pool, chance and the accuracy (``rate``)."""
+    return {"queries": len(correct), "candidates": candidates, "chance": 1 / candidates,
+            **rate("accuracy", correct, hotels)}
 
 
 def evaluate_model(retriever: Retriever, batches, queries: int, device, progress=None) -> dict:
@@ -206,9 +204,10 @@ def evaluate_model(retriever: Retriever, batches, queries: int, device, progress
         candidates = chunk.pools.shape[1]
         if progress is not None:
             progress.update(1)
+    hotels = torch.cat(hotels)[:queries]
     pool_mazes = candidates // (retriever.context_views + 1)
-    return accuracy_row(torch.cat(correct)[:queries], candidates, torch.cat(hotels)[:queries],
-                        torch.cat(same_maze)[:queries], pool_mazes)
+    return {**accuracy_row(torch.cat(correct)[:queries], candidates, hotels), "maze_chance": 1 / pool_mazes,
+            **rate("maze_accuracy", torch.cat(same_maze)[:queries], hotels)}
 
 
 def check_pools(pool_mazes: int, n_episodes: int, directory) -> None:
