@@ -207,3 +207,37 @@ def test_own_maze_marks_the_query_s_view_and_its_context_views(load):
             for i, pool in enumerate(chunk.pools):
                 views = (pool[:, None] == context[i][None]).flatten(2).all(2).any(1)  # a context view of its maze
                 assert torch.equal(chunk.own_maze[i] & ~views, torch.nn.functional.one_hot(chunk.answers[i], len(pool)).bool())
+
+
+def test_sources_name_each_pool_position_s_view(load):
+    who = retriever()
+    for grid in (1, 2):
+        for chunk in grid_chunks(load, grid, 4, who)[2]:
+            queries = chunk.batch.query_frames.flatten(0, 1)
+            context = chunk.batch.context_frames.unflatten(1, (grid * grid, VIEWS)).flatten(0, 1)  # (N M, V, ...)
+            for i, pool in enumerate(chunk.pools):
+                assert torch.equal(chunk.sources[i].sort().values, torch.arange(len(pool)))
+                assert int((chunk.sources[i] == 0).nonzero()) == chunk.answers[i]
+                assert torch.equal(pool[chunk.sources[i] == 0][0], queries[i])
+                for view in range(VIEWS):
+                    assert torch.equal(pool[chunk.sources[i] == view + 1][0], context[i, view])
+
+
+def test_pose_ranks_order_the_picked_context_view_by_distance_to_the_query(load):
+    from bench.retrieval_picks import pose_ranks
+    from utils.evaluation.scenes import pose_distance
+
+    chunk = grid_chunks(load, 1, 2, retriever())[2][0]
+    distance = pose_distance(chunk.batch.query_poses.flatten(0, 1)[:, None],
+                                       chunk.batch.context_poses.unflatten(1, (1, VIEWS)).flatten(0, 1))
+    position = lambda i, source: int((chunk.sources[i] == source).nonzero())  # noqa: E731
+    for i in range(len(chunk.answers)):
+        nearest, farthest = distance[i].argmin().item() + 1, distance[i].argmax().item() + 1
+        picked = torch.tensor([position(j, nearest if j == i else 0) for j in range(len(chunk.answers))])
+        assert pose_ranks(chunk, picked)[i] == 0
+        picked[i] = position(i, farthest)
+        assert pose_ranks(chunk, picked)[i] == VIEWS - 1
+        picked[i] = position(i, VIEWS + 1)  # a distractor maze's view
+        assert pose_ranks(chunk, picked)[i] == -1
+        picked[i] = chunk.answers[i]  # its own view
+        assert pose_ranks(chunk, picked)[i] == -1

@@ -125,7 +125,15 @@ class Chunk(NamedTuple):
     batch: HotelBatch  # the hotels, as the model sees them
     pools: torch.Tensor  # (N M, P, 3, S, S) uint8, each query's candidates
     answers: torch.Tensor  # (N M,) the position of each query's own view in its pool
-    own_maze: torch.Tensor  # (N M, P) bool, True at the views of the query's own maze (its own view included)
+    # (N M, P) what each pool position holds: 0 the query's own view, 1..C its maze's context views in order,
+    # above C the views of the distractor mazes
+    sources: torch.Tensor
+    context_views: int  # C
+
+    @property
+    def own_maze(self) -> torch.Tensor:
+        """(N M, P) bool, True at the views of the query's own maze (its own view included)."""
+        return self.sources <= self.context_views
 
 
 def build_pools(batch: HotelBatch, first_hotel: int, pool_plans: Sequence[PoolPlan], views, context_views: int,
@@ -135,7 +143,7 @@ def build_pools(batch: HotelBatch, first_hotel: int, pool_plans: Sequence[PoolPl
     ``first_hotel``: the index of the batch's first hotel in its grid size."""
     hotels, mazes = batch.query_frames.shape[:2]
     context = batch.context_frames.unflatten(1, (mazes, context_views))  # (N, M, C, 3, S, S)
-    pools, answers, own_maze = [], [], []
+    pools, answers, sources = [], [], []
     for h in range(hotels):
         plan = pool_plans[h]
         for m in range(mazes):
@@ -146,8 +154,8 @@ def build_pools(batch: HotelBatch, first_hotel: int, pool_plans: Sequence[PoolPl
             order = pool_order(seed, batch.grid, first_hotel + h, m, len(pool))
             pools.append(pool[order])
             answers.append(int((order == 0).nonzero()))
-            own_maze.append(order <= context_views)  # the true view and the maze's context views come first
-    return Chunk(batch, torch.stack(pools), torch.tensor(answers), torch.stack(own_maze))
+            sources.append(order)
+    return Chunk(batch, torch.stack(pools), torch.tensor(answers), torch.stack(sources), context_views)
 
 
 def chunks(load: EpisodeCache, seed: int, grid: int, plans: Sequence[StepPlan], pool_plans: Sequence[PoolPlan],
@@ -166,15 +174,19 @@ def chunks(load: EpisodeCache, seed: int, grid: int, plans: Sequence[StepPlan], 
 
 # ---- scoring ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def classify_chunk(model: EmbedClassifier, chunk: Chunk, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per query (N M,): 1.0 where the model's top-scoring candidate is its own view, and 1.0 where it is a view
-    of its own maze."""
+def pick(model: EmbedClassifier, chunk: Chunk, device) -> torch.Tensor:
+    """Per query (N M,): the pool position of the model's top-scoring candidate."""
     context_frames, context_poses, _, query_poses, origin, grid = chunk.batch.model_inputs(device)
     scores = model.score_pool(context_frames, context_poses, query_poses, origin, grid,
                               to_unit(chunk.pools.to(device)))
-    verdict = judge(scores, chunk.answers.to(device))
-    picked = verdict.picked.cpu()
-    return verdict.correct.cpu(), chunk.own_maze[torch.arange(len(picked)), picked].float()
+    return judge(scores, chunk.answers.to(device)).picked.cpu()
+
+
+def classify_chunk(model: EmbedClassifier, chunk: Chunk, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per query (N M,): 1.0 where the model's top-scoring candidate is its own view, and 1.0 where it is a view
+    of its own maze."""
+    picked = pick(model, chunk, device)
+    return (picked == chunk.answers).float(), chunk.own_maze[torch.arange(len(picked)), picked].float()
 
 
 def rate(name: str, hits: torch.Tensor, hotels=None) -> dict:
