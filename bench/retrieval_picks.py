@@ -16,16 +16,14 @@ import torch
 
 from utils.data.hotel import EpisodeCache
 from utils.evaluation import retrieval
-from utils.evaluation.scenes import PLANNED_CONTEXT_VIEWS, pose_distance
+from utils.evaluation.scenes import PLANNED_CONTEXT_VIEWS, context_distances
 
 
 def pose_ranks(chunk: retrieval.Chunk, picked: torch.Tensor) -> torch.Tensor:
     """Per query (N M,): the pose rank (0 = nearest the query) of the picked candidate among its maze's C
     context views, or -1 where the pick is not one of them."""
-    batch, views = chunk.batch, chunk.context_views
-    mazes = batch.query_poses.shape[1]
-    context = batch.context_poses.unflatten(1, (mazes, views)).flatten(0, 1)  # (N M, C, 7)
-    distance = pose_distance(batch.query_poses.flatten(0, 1)[:, None], context)  # (N M, C)
+    views = chunk.context_views
+    distance = context_distances(chunk.batch).flatten(0, 1)  # (N M, C)
     source = chunk.sources[torch.arange(len(picked)), picked]  # 0 own view, 1..C context views, > C others
     is_context = (source >= 1) & (source <= views)
     picked_distance = distance.gather(1, (source.clamp(1, views) - 1)[:, None])

@@ -227,9 +227,8 @@ def test_pose_ranks_order_the_picked_context_view_by_distance_to_the_query(load)
     from bench.retrieval_picks import pose_ranks
     from utils.evaluation.scenes import pose_distance
 
-    chunk = grid_chunks(load, 1, 2, retriever())[2][0]
-    distance = pose_distance(chunk.batch.query_poses.flatten(0, 1)[:, None],
-                                       chunk.batch.context_poses.unflatten(1, (1, VIEWS)).flatten(0, 1))
+    chunk = grid_chunks(load, 1, 2, retriever())[2][0]  # 1x1 hotels: one maze each
+    distance = pose_distance(chunk.batch.query_poses.flatten(0, 1)[:, None], chunk.batch.context_poses)
     position = lambda i, source: int((chunk.sources[i] == source).nonzero())  # noqa: E731
     for i in range(len(chunk.answers)):
         nearest, farthest = distance[i].argmin().item() + 1, distance[i].argmax().item() + 1

@@ -48,11 +48,16 @@ def maze_contexts(batch: HotelBatch):
     return frames, batch.context_poses.unflatten(1, (m, -1))
 
 
+def context_distances(batch: HotelBatch) -> torch.Tensor:
+    """(N, M, C): the pose distance from each query to each context view of its own maze."""
+    mazes = batch.query_poses.shape[1]
+    return pose_distance(batch.query_poses[:, :, None], batch.context_poses.unflatten(1, (mazes, -1)))
+
+
 def nearest_view(batch: HotelBatch) -> torch.Tensor:
     """For each query, the context image of its own maze with the nearest pose -> (N * M, 3, S, S)."""
-    frames, poses = maze_contexts(batch)
-    distance = pose_distance(batch.query_poses[:, :, None], poses)  # (N, M, C)
-    best = distance.argmin(dim=2)  # (N, M)
+    frames, _ = maze_contexts(batch)
+    best = context_distances(batch).argmin(dim=2)  # (N, M)
     picked = torch.take_along_dim(frames, best[:, :, None, None, None, None], dim=2)  # (N, M, 1, 3, S, S)
     return picked.flatten(0, 2)
 
