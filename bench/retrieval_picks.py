@@ -33,16 +33,13 @@ def pose_ranks(chunk: retrieval.Chunk, picked: torch.Tensor) -> torch.Tensor:
 
 def grid_row(retriever: retrieval.Retriever, load: EpisodeCache, seed: int, grid: int, queries: int) -> dict:
     planned = max(PLANNED_CONTEXT_VIEWS, retriever.context_views)
-    plans = retrieval.hotel_plans(seed, grid, retrieval.hotel_count(queries, grid), len(load), planned)
-    pool_plans = [retrieval.pool_plan(seed, grid, i, plan.episodes[0], len(load), retrieval.POOL_MAZES, planned)
-                  for i, plan in enumerate(plans)]
-    ranks, hotels, correct, seen = [], [], [], 0
-    for chunk in retrieval.chunks(load, seed, grid, plans, pool_plans, retriever):
-        picked = retrieval.pick(retriever.model, chunk, "cpu")
+    plans, pool_plans = retrieval.grid_plans(seed, grid, queries, len(load), retrieval.POOL_MAZES, planned)
+    batches = retrieval.chunks(load, seed, grid, plans, pool_plans, retriever)
+    ranks, hotels, correct = [], [], []
+    for chunk, picked, hotel_ids in retrieval.picks(retriever.model, batches, "cpu"):
         correct.append((picked == chunk.answers).float())
         ranks.append(pose_ranks(chunk, picked))
-        hotels.append(chunk.batch.query_hotels(seen))
-        seen += len(chunk.batch.query_frames)
+        hotels.append(hotel_ids)
     ranks, hotels, correct = torch.cat(ranks)[:queries], torch.cat(hotels)[:queries], torch.cat(correct)[:queries]
     context = ranks >= 0
     views = retriever.context_views

@@ -24,8 +24,7 @@ def retriever(baseline=False, views=VIEWS, embedding_norm=True):
 
 
 def grid_chunks(load, grid, queries, who, seed=0, pool_mazes=retrieval.POOL_MAZES, batch_queries=4):
-    plans = retrieval.hotel_plans(seed, grid, retrieval.hotel_count(queries, grid), len(load))
-    pools = [retrieval.pool_plan(seed, grid, i, p.episodes[0], len(load), pool_mazes) for i, p in enumerate(plans)]
+    plans, pools = retrieval.grid_plans(seed, grid, queries, len(load), pool_mazes)
     return plans, pools, list(retrieval.chunks(load, seed, grid, plans, pools, who, batch_queries))
 
 

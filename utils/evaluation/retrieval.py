@@ -115,6 +115,14 @@ def pool_plan(seed: int, grid: int, hotel: int, episodes: torch.Tensor, n_episod
     return PoolPlan(torch.stack(distractors), torch.stack(views))
 
 
+def grid_plans(seed: int, grid: int, queries: int, n_episodes: int, pool_mazes: int = POOL_MAZES,
+               planned_views: int = PLANNED_CONTEXT_VIEWS) -> Tuple[List[StepPlan], List[PoolPlan]]:
+    """One grid size's hotels and each hotel's pool plan: the same inputs for every model scored on them."""
+    plans = hotel_plans(seed, grid, hotel_count(queries, grid), n_episodes, planned_views)
+    return plans, [pool_plan(seed, grid, i, plan.episodes[0], n_episodes, pool_mazes, planned_views)
+                   for i, plan in enumerate(plans)]
+
+
 def pool_order(seed: int, grid: int, hotel: int, maze: int, size: int) -> torch.Tensor:
     """The seeded shuffle of a pool of ``size``: pool position j holds unshuffled candidate ``order[j]``."""
     return torch.randperm(size, generator=torch.Generator().manual_seed(random_key("order", seed, grid, hotel, maze,
@@ -182,11 +190,15 @@ def pick(model: EmbedClassifier, chunk: Chunk, device) -> torch.Tensor:
     return judge(scores, chunk.answers.to(device)).picked.cpu()
 
 
-def classify_chunk(model: EmbedClassifier, chunk: Chunk, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per query (N M,): 1.0 where the model's top-scoring candidate is its own view, and 1.0 where it is a view
-    of its own maze."""
-    picked = pick(model, chunk, device)
-    return (picked == chunk.answers).float(), chunk.own_maze[torch.arange(len(picked)), picked].float()
+def picks(model: EmbedClassifier, batches, device, progress=None):
+    """Per chunk of ``batches``: (chunk, each query's picked pool position, each query's hotel id counted across
+    the chunks, for intervals that resample whole hotels)."""
+    seen = 0
+    for chunk in batches:
+        yield chunk, pick(model, chunk, device), chunk.batch.query_hotels(seen)
+        seen += len(chunk.batch.query_frames)
+        if progress is not None:
+            progress.update(1)
 
 
 def rate(name: str, hits: torch.Tensor, hotels=None) -> dict:
@@ -205,17 +217,14 @@ def accuracy_row(correct: torch.Tensor, candidates: int, hotels=None) -> dict:
 
 
 def evaluate_model(retriever: Retriever, batches, queries: int, device, progress=None) -> dict:
-    """One model on one grid size's chunks, over their first ``queries`` queries."""
-    correct, same_maze, hotels, candidates, seen = [], [], [], None, 0
-    for chunk in batches:
-        right, own = classify_chunk(retriever.model, chunk, device)
-        correct.append(right)
-        same_maze.append(own)
-        hotels.append(chunk.batch.query_hotels(seen))
-        seen += len(chunk.batch.query_frames)
+    """One model on one grid size's chunks, over their first ``queries`` queries: top-1 (the pick is the query's
+    own view) and maze accuracy (the pick is a view of the query's own maze)."""
+    correct, same_maze, hotels = [], [], []
+    for chunk, picked, hotel_ids in picks(retriever.model, batches, device, progress):
+        correct.append((picked == chunk.answers).float())
+        same_maze.append(chunk.own_maze[torch.arange(len(picked)), picked].float())
+        hotels.append(hotel_ids)
         candidates = chunk.pools.shape[1]
-        if progress is not None:
-            progress.update(1)
     hotels = torch.cat(hotels)[:queries]
     pool_mazes = candidates // (retriever.context_views + 1)
     return {**accuracy_row(torch.cat(correct)[:queries], candidates, hotels), "maze_chance": 1 / pool_mazes,
@@ -250,9 +259,7 @@ def run(args, load: EpisodeCache, retrievers: Sequence[Retriever]) -> List[dict]
     with tqdm(total=passes * len(retrievers), desc="retrieval", unit="batch", file=sys.stderr,
               dynamic_ncols=True) as progress:
         for grid in args.grids:
-            plans = hotel_plans(args.seed, grid, hotel_count(args.queries, grid), len(load), planned)
-            pool_plans = [pool_plan(args.seed, grid, i, plan.episodes[0], len(load), args.pool_mazes, planned)
-                          for i, plan in enumerate(plans)]
+            plans, pool_plans = grid_plans(args.seed, grid, args.queries, len(load), args.pool_mazes, planned)
             for retriever in retrievers:
                 progress.set_postfix_str(f"{retriever.label} k={grid}")
                 batches = chunks(load, args.seed, grid, plans, pool_plans, retriever, args.batch_queries)
