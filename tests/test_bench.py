@@ -330,6 +330,10 @@ def write_gains(folder, gains):
     return folder
 
 
+def checked(folder):
+    return list(seed_table.targets(*seed_table.read_rows(folder)).values())
+
+
 def test_seed_table_checks_each_target_seed_by_seed(tmp_path, capsys):
     met = {("GEN", k): (1.2, 0.9, 1.5) for k in range(1, 6)}
     met.update({("GQN", 1): (0.4, 0.3, 0.5), ("GQN", 3): (0.1, 0.0, 0.2), ("GQN", 4): (0.1, 0.0, 0.2),
@@ -337,16 +341,52 @@ def test_seed_table_checks_each_target_seed_by_seed(tmp_path, capsys):
     missed = dict(met)
     missed[("GEN", 1)] = (1.2, 0.4, 2.0)  # gain above 1 dB but its lower bound not above 0.5
     missed[("GQN", 5)] = (0.3, 0.1, 0.95)  # more than half of 0.4, and above GEN's lower bound on 5x5
-    assert all(seed_table.targets(met).values())
-    assert list(seed_table.targets(missed).values()) == [False, True, False, False]
+    assert checked(write_gains(tmp_path / "met", met)) == [True] * 4
+    missed_folder = write_gains(tmp_path / "b", missed)
+    assert checked(missed_folder) == [False, True, False, False]
     del met[("GEN", 4)]
-    assert list(seed_table.targets(met).values()) == [True, None, True, None]
-    seed_table.main([str(write_gains(tmp_path / "a", met)), str(write_gains(tmp_path / "b", missed)),
-                     "--label", "seed 0", "--label", "seed 1"])
+    gap_folder = write_gains(tmp_path / "a", met)
+    assert checked(gap_folder) == [True, None, True, None]
+    seed_table.main([str(gap_folder), str(missed_folder), "--label", "seed 0", "--label", "seed 1"])
     out = capsys.readouterr().out
     assert "| grid | GEN, seed 0 | GEN, seed 1 | GQN, seed 0 | GQN, seed 1 |" in out
     assert "| 4x4 | - | +1.20 [+0.90, +1.50] | +0.10 [+0.00, +0.20] | +0.10 [+0.00, +0.20] |" in out
     assert "| GEN >= 1.0 dB on 1x1 (lower bound > 0.5) | met | missed |" in out
+
+
+def write_accuracies(folder, accuracies):
+    """retrieval.csv as bench/retrieval_experiment.sh writes it: {(model, grid): (accuracy, lo, hi)}, chance 1/36
+    and maze accuracy 0.5 [0.4, 0.6] throughout."""
+    folder.mkdir()
+    lines = ["model,grid,queries,candidates,chance,accuracy,accuracy_lo,accuracy_hi,maze_chance,maze_accuracy,"
+             "maze_accuracy_lo,maze_accuracy_hi"]
+    lines += [f"{model} (run/checkpoint-final.pt),{grid},400,36,{1 / 36},{a},{lo},{hi},0.25,0.5,0.4,0.6"
+              for (model, grid), (a, lo, hi) in accuracies.items()]
+    (folder / "retrieval.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_seed_table_checks_the_retrieval_targets(tmp_path, capsys):
+    met = {("GEN", k): (0.60, 0.55, 0.65) for k in range(1, 6)}
+    met.update({("GQN", 1): (0.50, 0.45, 0.55), **{("GQN", k): (0.30, 0.25, 0.35) for k in range(2, 6)}})
+    missed = dict(met)
+    missed[("GQN", 1)] = (0.25, 0.20, 0.30)  # under 10x chance (0.278), and only 5 points above its 5x5
+    missed[("GEN", 5)] = (0.50, 0.30, 0.70)  # 10 points below its 1x1, lower bound under GQN's upper bound
+    assert checked(write_accuracies(tmp_path / "met", met)) == [True] * 4
+    assert checked(write_accuracies(tmp_path / "missed", missed)) == [False] * 4
+    seed_table.main([str(tmp_path / "met"), str(tmp_path / "missed")])
+    out = capsys.readouterr().out
+    assert "| 5x5 | 0.600 [0.550, 0.650] | 0.500 [0.300, 0.700] | 0.300 [0.250, 0.350] | 0.300 [0.250, 0.350] |" in out
+    assert out.count("| 1x1 | 0.500 [0.400, 0.600] |") == 1  # the maze accuracy's table
+    assert "| both models' top-1 >= 10x chance on 1x1 | met | missed |" in out
+
+
+def test_seed_table_refuses_two_experiments_at_once(tmp_path, capsys):
+    memory = write_gains(tmp_path / "memory", {("GEN", 1): (1.0, 0.8, 1.2), ("GQN", 1): (0.5, 0.3, 0.7)})
+    retrieval = write_accuracies(tmp_path / "retrieval", {("GEN", 1): (0.5, 0.4, 0.6), ("GQN", 1): (0.5, 0.4, 0.6)})
+    with pytest.raises(SystemExit) as exit_:
+        seed_table.main([str(memory), str(retrieval)])
+    assert exit_.value.code == 2 and "different experiments" in capsys.readouterr().err
 
 
 def test_seed_table_without_a_model_is_a_one_line_error(tmp_path, capsys):
