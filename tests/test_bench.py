@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from bench import bench_data, bench_host, bench_loader, bench_step, seed_table
+from bench import bench_data, bench_host, bench_loader, bench_step, seed_table, train_windows
 from models.scene import ModelConfig, SceneModel
 from tests.conftest import REPO_ROOT
 from utils.training import loop
@@ -18,14 +18,14 @@ from utils.training import loop
 SAMPLES = REPO_ROOT / "data_samples" / "train"
 # Run from the repository root as modules (``python -m bench.bench_step``), never as files: nothing edits sys.path.
 MODULES = ["bench_data", "bench_host", "bench_loader", "bench_ops", "bench_step", "profile_cli", "seed_table",
-           "step_profile", "step_times"]
+           "step_profile", "step_times", "train_windows"]
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_each_benchmark_names_its_module_command_in_its_usage(name, capsys):
     module = importlib.import_module(f"bench.{name}")
     with pytest.raises(SystemExit) as exit_:
-        (module.main if name in ("step_times", "seed_table") else module.parse_args)(["--help"])
+        (module.main if name in ("step_times", "seed_table", "train_windows") else module.parse_args)(["--help"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"usage: python -m bench.{name} ")
 
 
@@ -395,3 +395,25 @@ def test_seed_table_without_a_model_is_a_one_line_error(tmp_path, capsys):
         seed_table.main([str(folder)])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and err.endswith("metrics.csv: no GQN rows") and "\n" not in err
+
+
+def test_train_windows_averages_each_tag_over_its_steps(tmp_path, capsys):
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(str(tmp_path / "GEN" / "runs")) as writer:
+        for step in range(1, 7):
+            writer.add_scalar("train/loss", float(step), step)
+    train_windows.main([str(tmp_path / "GEN" / "runs"), "--tags", "train/loss", "train/accuracy",
+                        "--windows", "0:2", "4:6"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "| run | tag | 0-2 | 4-6 |"
+    assert out[2:] == ["| GEN | train/loss | 1.5000 | 5.5000 |", "| GEN | train/accuracy | - | - |"]
+    train_windows.main([str(tmp_path / "GEN" / "runs"), "--tags", "train/loss"])  # default: every 500 steps
+    assert capsys.readouterr().out.splitlines()[2] == "| GEN | train/loss | 3.5000 |"
+
+
+def test_train_windows_without_events_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train_windows.main([str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.endswith("no scalar events (is it a run's runs/ folder?)") and "\n" not in err
