@@ -6,13 +6,13 @@
 # evaluate_retrieval.py on QUERIES (>= 400) queries per grid size, each among the views of 4 mazes (its own
 # and 3 other test mazes: 4 x (8 + 1) = 36 candidates, chance 1/36, at every grid size).
 #
-#   OUT=results/retrieval SEED=0 STEPS=3000 bash bench/retrieval_experiment.sh
+#   OUT=results/retrieval/seed0 SEED=0 STEPS=3000 bash bench/retrieval_experiment.sh
 #   DATA=DIR ... bash bench/retrieval_experiment.sh    # use DIR/train and DIR/test instead of generating
 #
 # Budget (2-core CPU, <= 120 minutes): 16 px images, 8 context views, 8 mazes a step on 1x1 and 2x2 hotels (72
-# candidates a step). Measured on a 2-core VM (2026-12-04, results/retrieval/): 3000 steps took 73 minutes for the
-# GEN and 60 for GQN side by side, one per core, and the evaluation (2 models x 5 grid sizes x 400 queries x 36
-# candidates) 6.5 minutes; with the mazes' generation, about 85-90 minutes in all. Constant lr 5e-4 (the paper
+# candidates a step). Measured on 2-core VMs (2026-12-04 and 05, results/retrieval/): 3000 steps took 47-73 minutes
+# for the GEN and 37-60 for the GQN side by side, one per core, and the evaluation (2 models x 5 grid sizes x 400
+# queries x 36 candidates) 6.5-9 minutes; with the mazes' generation, 60-90 minutes in all. Constant lr 5e-4 (the paper
 # anneals over 1.6M steps, far beyond this budget). STEPS scales the training linearly; QUERIES the evaluation.
 #
 # Writes OUT/retrieval.csv (model, grid, queries, candidates, chance, accuracy, accuracy_lo, accuracy_hi, and the maze
@@ -21,8 +21,8 @@
 # stopped early (SIGTERM) is evaluated at its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-results/retrieval}
 SEED=${SEED:-0}
+OUT=${OUT:-results/retrieval/seed$SEED}
 STEPS=${STEPS:-3000}
 QUERIES=${QUERIES:-400}
 DATA=${DATA:-$OUT/mazes}
