@@ -38,7 +38,7 @@ from utils.training import optimizer
 
 # Dense bf16 tensor-core peak, TFLOP/s, by a substring of torch.cuda.get_device_name (first match wins).
 BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))
-# The CPU target of issue 5: median step at most this fraction of the naive one, at this config.
+# The CPU speed target: median step at most this fraction of the naive one, at this config.
 CPU_TARGET_RATIO = 0.5
 CPU_TARGET_CONFIG = dict(batch_size=4, layers=8, img_size=64, grid=1, amp=False)
 SIGMA = 0.7  # pixel standard deviation; any constant will do for timing
