@@ -2,7 +2,7 @@
 model and seed) and the experiment's targets checked seed by seed.
 
     python -m bench.seed_table results/memory results/memory_seed1 results/memory_seed2 [--label "seed 0" ...]
-    python -m bench.seed_table results/retrieval results/retrieval/seed1 results/retrieval/seed2
+    python -m bench.seed_table results/retrieval/seed0 results/retrieval/seed1 results/retrieval/seed2
 
 Each folder is an ``OUT`` of ``bench/memory_experiment.sh`` (its ``metrics.csv``) or of
 ``bench/retrieval_experiment.sh`` (its ``retrieval.csv``); rows whose model starts with ``GEN`` or ``GQN`` are
@@ -34,7 +34,7 @@ class Measure(NamedTuple):
 class Experiment(NamedTuple):
     csv: str
     script: str
-    measures: Tuple[Measure, ...]  # the first is the one the targets are about
+    measures: Tuple[Measure, ...]  # one table each
     targets: Callable[[Callable], dict]  # get(model, grid, column) -> {target: True / False}
 
 
